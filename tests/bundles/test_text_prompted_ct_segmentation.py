@@ -1,0 +1,126 @@
+"""The bundle through MONAI's own CLI: verify, train 2 iterations, infer with a prompt, evaluate, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from textseg.bundle import generated_metadata, read_config_value, sync_bundle
+
+from conftest import BUNDLE_DIR, REPO_ROOT, bundle_configs as _config_list  # tests/ is on sys.path (rootdir conftest)
+
+META_SCHEMA = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+CONFIGS = BUNDLE_DIR / "configs"
+
+
+def monai_bundle(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ...`` in a fresh process; fails the test with its output on error."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+    if result.returncode != 0:
+        pytest.fail(f"monai.bundle {args[0]} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def test_metadata_is_valid():
+    if not META_SCHEMA.exists():
+        pytest.skip(f"no offline metadata schema at {META_SCHEMA}")
+    monai_bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(META_SCHEMA))
+
+
+def test_metadata_and_model_card_agree_with_vocabulary():
+    assert sync_bundle(BUNDLE_DIR, write=False) == [], "run scripts/sync_vocabulary.py"
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    class_names = read_config_value(BUNDLE_DIR, "inference.json", "class_names")
+    assert class_names == read_config_value(BUNDLE_DIR, "train.json", "class_names")
+    assert metadata == generated_metadata(metadata, class_names)
+    assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == len(class_names)
+
+
+@pytest.mark.parametrize("overlays", [(), ("tiny.json",)])
+def test_verify_net_in_out(overlays):
+    monai_bundle(
+        "verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
+        "--config_file", _config_list("inference.json", *overlays), "--n", "2", "--device", "cpu",
+    )
+
+
+@pytest.mark.slow
+def test_train_writes_checkpoint_with_class_embeddings(trained_bundle):
+    state = torch.load(trained_bundle / "model_tiny.pt", map_location="cpu", weights_only=True)
+    class_names = read_config_value(BUNDLE_DIR, "inference.json", "class_names")
+    assert state["class_embeddings"].shape == (len(class_names), 384)
+    assert state["class_embeddings"].norm(dim=1).min() > 0.99, "trained without the text table"
+
+
+@pytest.mark.slow
+def test_inference_cli_with_prompt_keeps_input_grid(trained_bundle, tiny_phantom, tmp_path):
+    image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
+    monai_bundle(
+        "run", "--config_file", _config_list("inference.json", "tiny.json"),
+        "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
+        "--ckpt_path", str(trained_bundle / "model_tiny.pt"), "--input_image", str(image),
+        "--prompt", "left kidney and the liver", "--output_dir", str(tmp_path),
+    )
+    (output,) = tmp_path.glob("*_seg.nii.gz")
+    source, result = nib.load(str(image)), nib.load(str(output))
+    assert result.shape == source.shape
+    assert np.allclose(result.affine, source.affine, atol=1e-4)
+    values = set(np.unique(np.asarray(result.dataobj)).tolist())
+    from textseg.vocabulary import load_vocabulary
+
+    vocabulary = load_vocabulary()
+    assert values <= {0, vocabulary["kidney_left"].id, vocabulary["liver"].id}
+
+
+@pytest.mark.slow
+def test_inference_cli_rejects_unknown_structure(trained_bundle, tiny_phantom, tmp_path):
+    image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_list("inference.json", "tiny.json"),
+         "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
+         "--ckpt_path", str(trained_bundle / "model_tiny.pt"), "--input_image", str(image),
+         "--prompt", "segment the flux capacitor", "--output_dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert result.returncode != 0
+    assert "flux capacitor" in result.stderr and "closest" in result.stderr
+    assert not list(tmp_path.glob("*.nii.gz"))
+
+
+@pytest.mark.slow
+def test_evaluate_writes_dice_per_structure(trained_bundle, tiny_phantom):
+    monai_bundle(
+        "run", "--config_file", _config_list("train.json", "evaluate.json", "tiny.json"),
+        "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
+        "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(trained_bundle), "--output_dir", str(trained_bundle / "evaluation"),
+        "--num_workers", "0",
+    )
+    report = json.loads((trained_bundle / "evaluation" / "val_mean_dice_per_structure.json").read_text())
+    class_names = read_config_value(BUNDLE_DIR, "inference.json", "class_names")
+    assert list(report) == class_names
+    assert all(0.0 <= r["mean"] <= 1.0 for r in report.values() if r["cases"])
+
+
+@pytest.mark.slow
+def test_ckpt_export_traces_the_network(trained_bundle, tmp_path):
+    monai_bundle(
+        "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
+        "--ckpt_file", str(trained_bundle / "model_tiny.pt"), "--meta_file", str(CONFIGS / "metadata.json"),
+        "--config_file", _config_list("inference.json", "tiny.json"), "--bundle_root", str(BUNDLE_DIR),
+        "--use_trace", "True", "--input_shape", "[1, 1, 64, 64, 64]",
+    )
+    exported = torch.jit.load(str(tmp_path / "model.ts"))
+    with torch.no_grad():
+        out = exported(torch.rand(1, 1, 64, 64, 64))
+    assert out.shape == (1, len(read_config_value(BUNDLE_DIR, "inference.json", "class_names")), 64, 64, 64)

@@ -1,0 +1,128 @@
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd
+
+from textseg.transforms import (
+    IGNORE_CHANNEL,
+    AddTextEmbeddingd,
+    AtomicNibabelWriter,
+    LabelToChannelsd,
+    MaskUnsupervisedd,
+    ProbabilitiesToLabelMapd,
+    ValidateImaged,
+    ct_transforms,
+)
+
+
+def _save(path, array, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(array), np.diag([2.0, 2.0, 3.0, 1.0]) if affine is None else affine), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [((1, 16, 16), "expected a 3D image"), ((3, 8, 8, 8), "4D or multi-channel"), ((1, 8, 8, 1), "spatial size below 2")],
+)
+def test_validate_rejects_non_3d(shape, match):
+    with pytest.raises(ValueError, match=match):
+        ValidateImaged("image")({"image": MetaTensor(torch.zeros(shape), meta={"filename_or_obj": "scan.nii.gz"})})
+
+
+def test_validate_names_file_with_nan():
+    image = torch.zeros(1, 4, 4, 4)
+    image[0, 1, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="scan.nii.gz: image contains NaN"):
+        ValidateImaged("image")({"image": MetaTensor(image, meta={"filename_or_obj": "scan.nii.gz"})})
+
+
+def test_ct_transforms_load_orient_window_and_invert(tmp_path):
+    hu = np.linspace(-1000, 1000, 10 * 12 * 8, dtype=np.float32).reshape(10, 12, 8)
+    lps = np.diag([-2.0, -2.0, 3.0, 1.0])  # stored LPS: the pipeline must reorient to RAS
+    path = _save(tmp_path / "ct.nii.gz", hu, lps)
+    chain = Compose(ct_transforms(pixdim=(4.0, 4.0, 3.0), hu_range=(-175, 250)))
+    out = chain({"image": path})
+    image = out["image"]
+    assert image.shape[0] == 1 and image.shape[1:3] in [(5, 6), (6, 6), (5, 7), (6, 7)] and image.shape[3] == 8
+    assert float(image.min()) == 0.0 and float(image.max()) == 1.0
+    assert np.all(np.diag(image.affine.numpy())[:3] > 0), "not reoriented to RAS"
+    out["pred"] = image.clone()
+    back = Invertd("pred", transform=chain, orig_keys="image", nearest_interp=False)(out)["pred"]
+    assert back.shape == (1, 10, 12, 8)
+    assert np.allclose(back.affine.numpy(), lps)
+
+
+def test_ct_transforms_2d_file_is_rejected_with_its_name(tmp_path):
+    path = _save(tmp_path / "slice.nii.gz", np.zeros((16, 16), np.float32), np.eye(4))
+    with pytest.raises(RuntimeError) as raised:
+        Compose(ct_transforms())({"image": path})
+    causes = []
+    error = raised.value
+    while error is not None:  # MONAI wraps transform errors; ours is in the chain
+        causes.append(str(error))
+        error = error.__cause__
+    assert any("slice.nii.gz: expected a 3D image" in c for c in causes), causes
+
+
+LABEL_MAPS = {"a": {1: "liver", 2: "spleen"}, "b": {1: "spleen", 5: "kidney_left"}}
+
+
+def test_label_to_channels_maps_ids_and_marks_unannotated():
+    label = torch.tensor([0, 1, 2, 5]).reshape(1, 4, 1, 1).repeat(1, 1, 2, 2)
+    to_channels = LabelToChannelsd("label", ["spleen", "liver", "kidney_left"], LABEL_MAPS)
+    out = to_channels({"label": label, "dataset": "b", "annotated": ["spleen"]})
+    target = out["label"]
+    assert target.shape == (3, 4, 2, 2) and "annotated" not in out
+    assert target[0, :, 0, 0].tolist() == [0, 1, 0, 0]  # spleen is id 1 in dataset b
+    assert torch.all(target[1] == IGNORE_CHANNEL)  # b has no liver
+    assert torch.all(target[2] == IGNORE_CHANNEL)  # kidney_left exists in b but this case does not annotate it
+    full = to_channels({"label": label, "dataset": "a"})["label"]
+    assert full[1, :, 0, 0].tolist() == [0, 1, 0, 0] and full[0, :, 0, 0].tolist() == [0, 0, 1, 0]
+    with pytest.raises(KeyError, match="no label map for dataset 'c'"):
+        to_channels({"label": label, "dataset": "c"})
+
+
+def test_mask_unsupervised_channels():
+    label = torch.zeros(2, 4, 4, 4)
+    label[1] = IGNORE_CHANNEL
+    pred = torch.ones(2, 4, 4, 4)
+    out = MaskUnsupervisedd("pred")({"pred": pred, "label": label})
+    assert out["pred"][1].sum() == 0 and out["label"][1].sum() == 0 and out["pred"][0].sum() == 64
+    assert pred.sum() == 128, "input must not be modified"
+
+
+def test_probabilities_to_label_map():
+    # three voxels; channel 0 is vocabulary id 5, channel 1 id 2
+    probs = torch.tensor([[0.9, 0.6, 0.4, 0.2], [0.7, 0.8, 0.3, 0.5]]).reshape(2, 4, 1, 1)
+    out = ProbabilitiesToLabelMapd("pred", label_ids=[5, 2])({"pred": probs})["pred"]
+    assert out.shape == (1, 4, 1, 1)
+    assert out.flatten().tolist() == [5, 2, 0, 2]  # most probable wins; below 0.5 is background
+    with pytest.raises(ValueError, match="2 label ids"):
+        ProbabilitiesToLabelMapd("pred", label_ids=[5, 2])({"pred": torch.zeros(3, 2, 2, 2)})
+
+
+def test_add_text_embedding():
+    out = AddTextEmbeddingd(torch.ones(3, 8))({"image": 0})
+    assert out["text_embedding"].shape == (3, 8)
+    with pytest.raises(ValueError, match="K>0"):
+        AddTextEmbeddingd(torch.ones(0, 8))
+
+
+def test_atomic_writer_keeps_previous_file_on_failure(tmp_path):
+    target = tmp_path / "seg.nii.gz"
+    target.write_bytes(b"previous result")
+    writer = AtomicNibabelWriter()
+    writer.set_data_array(torch.zeros(1, 4, 4, 4), channel_dim=0)
+    writer.set_metadata({"affine": np.eye(4)}, resample=False)
+    writer.data_obj = object()  # makes nib.save fail mid-write
+    with pytest.raises(Exception):
+        writer.write(target)
+    assert target.read_bytes() == b"previous result"
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.nii.gz"], "temporary file left behind"
+    writer = AtomicNibabelWriter()
+    writer.set_data_array(torch.ones(1, 4, 4, 4), channel_dim=0)
+    writer.set_metadata({"affine": np.eye(4)}, resample=False)
+    writer.write(target)
+    assert nib.load(str(target)).shape == (4, 4, 4)

