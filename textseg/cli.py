@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        message = e.args[0] if type(e) is KeyError and e.args else e  # KeyError quotes its message
         print(f"textseg {args.command}: error: {message}", file=sys.stderr)
         return 2
 

@@ -18,8 +18,8 @@ MAX_PROMPT_LENGTH = 1000
 
 # words that ask for a segmentation but name nothing
 _LEADING = re.compile(
-    r"^(?:please\s+)?(?:(?:segment|show|find|delineate|contour|outline|label|mark|highlight|get|extract)(?:\s+me)?\s+)?"
-    r"(?:(?:all\s+of\s+)?the\s+|an?\s+)?",
+    r"^(?:please\s+)?(?:(?:segment|show|find|delineate|contour|outline|label|mark|highlight|get|extract)(?:\s+me)?(?:\s+|$))?"
+    r"(?:(?:all\s+of\s+)?the(?:\s+|$)|an?(?:\s+|$))?",
 )
 _SEPARATORS = re.compile(r"\s*(?:,|;|\+|&|/|\band\b|\bplus\b|\bas well as\b)\s*")
 _ARTICLES = re.compile(r"^(?:the|an?|also)\s+")

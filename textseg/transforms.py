@@ -105,7 +105,7 @@ def ct_transforms(
         LoadImaged(keys=all_keys, ensure_channel_first=True, image_only=True),
         ValidateImaged(keys=keys),
         EnsureTyped(keys=all_keys, dtype=[torch.float32] * len(keys) + ([torch.int16] if label_key else [])),
-        Orientationd(keys=all_keys, axcodes=axcodes),
+        Orientationd(keys=all_keys, axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=all_keys, pixdim=tuple(pixdim), mode=modes),
         ScaleIntensityRanged(keys=keys, a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True),
     ]
