@@ -74,16 +74,25 @@ def test_bad_prompt_keeps_earlier_results(tiny_phantom, trained_bundle, tmp_path
     assert first.label_map.read_bytes() == before
 
 
+def _corrupt_gzip(path):
+    path.write_bytes(b"\x1f\x8b\x08garbage")
+
+
+def _two_d(path):
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), str(path))
+
+
+def _four_d(path):
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), str(path))
+
+
 @pytest.mark.parametrize(
     "make,match",
-    [
-        (lambda p: p.write_bytes(b"\x1f\x8b\x08garbage") or p, "not a readable NIfTI"),
-        (lambda p: nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), str(p)) or p, "expected a 3D volume"),
-        (lambda p: nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), str(p)) or p, "4D image"),
-    ],
+    [(_corrupt_gzip, "not a readable NIfTI"), (_two_d, "expected a 3D volume"), (_four_d, "4D image")],
 )
 def test_bad_images_are_named(tmp_path, make, match):
-    path = make(tmp_path / "broken.nii.gz")
+    path = tmp_path / "broken.nii.gz"
+    make(path)
     with pytest.raises(ValueError, match=match) as raised:
         check_image_path(path)
     assert "broken.nii.gz" in str(raised.value)
