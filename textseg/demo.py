@@ -13,7 +13,7 @@ from textseg.bundle import DEFAULT_BUNDLE, run_bundle
 from textseg.metrics import write_atomic
 from textseg.segment import SegmentationResult, dice_per_structure, segment
 
-__all__ = ["DEMO_PROMPT", "TINY_CONFIGS", "train_bundle", "run_demo"]
+__all__ = ["DEMO_PROMPT", "TINY_CONFIGS", "checkpoint_matches", "train_bundle", "run_demo"]
 
 DEMO_PROMPT = "segment the liver and kidneys"
 TINY_CONFIGS = ("tiny.json",)
@@ -28,7 +28,11 @@ def train_bundle(
     overlays: Sequence[str] = TINY_CONFIGS,
     **override,
 ):
-    """Train a bundle (``train.json`` + overlays) on a datasets.yaml entry; returns the workflow."""
+    """Train a bundle (``train.json`` + overlays) on a datasets.yaml entry; returns the workflow.
+
+    The checkpoint is written when validation improves, so validation runs at least once
+    (``val_interval`` is capped at ``epochs``).
+    """
     return run_bundle(
         bundle_dir,
         ["train.json", *overlays],
@@ -36,9 +40,26 @@ def train_bundle(
         dataset_dir=str(Path(dataset_dir).resolve()),
         dataset_name=dataset_name,
         epochs=epochs,
-        val_interval=val_interval,
+        val_interval=min(val_interval, epochs),
         **override,
     )
+
+
+def checkpoint_matches(checkpoint: str | os.PathLike, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE) -> bool:
+    """Whether a checkpoint was trained on the bundle's classes with today's prompt embeddings
+    (same encoder, template and vocabulary); a checkpoint from another text setup must be retrained."""
+    import torch
+
+    from textseg.bundle import read_config_value
+    from textseg.text import prompt_features, vocabulary_embedding_table
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    stored = state.get("class_embeddings")
+    encoder = read_config_value(bundle_dir, "train.json", "text_encoder")
+    template = read_config_value(bundle_dir, "train.json", "text_template")
+    class_names = read_config_value(bundle_dir, "train.json", "class_names")
+    expected = prompt_features(vocabulary_embedding_table(encoder, template), class_names)
+    return stored is not None and stored.shape == expected.shape and torch.allclose(stored, expected, atol=1e-4)
 
 
 def run_demo(
@@ -66,6 +87,9 @@ def run_demo(
     print(f"[1/3] phantom dataset in {data_dir}")
     make_phantom_dataset(data_dir, num_train=num_train, num_test=num_test, seed=seed)
     checkpoint = Path(bundle_dir) / "models" / "model_tiny.pt"
+    if checkpoint.exists() and not retrain and not checkpoint_matches(checkpoint, bundle_dir):
+        print(f"      {checkpoint} was trained with other prompt embeddings: training again")
+        retrain = True
     if retrain or not checkpoint.exists():
         print(f"[2/3] training the tiny bundle for {epochs} epochs on CPU -> {checkpoint}")
         train_bundle(bundle_dir, data_dir, epochs=epochs)

@@ -54,11 +54,17 @@ def overlay_png(
     for row in labels:
         colours[row["id"], :3] = np.asarray(row["color"], dtype=np.float32) / 255.0
         colours[row["id"], 3] = alpha
-    foreground = np.argwhere(seg > 0)
-    centre = foreground.mean(0).round().astype(int) if len(foreground) else np.array(seg.shape) // 2
+    def best_slice(axis: int) -> int:
+        """The slice showing the most structures (then the most labelled voxels); the middle if none."""
+        moved = np.moveaxis(seg, axis, 0).reshape(seg.shape[axis], -1)
+        present = np.stack([(moved == row["id"]).any(1) for row in labels], 1).sum(1) if labels else np.zeros(len(moved))
+        area = (moved > 0).sum(1)
+        if area.max() == 0:
+            return seg.shape[axis] // 2
+        return int(np.lexsort((area, present))[-1])
 
     def panel(ax, ct_slice, seg_slice, name):
-        # arrays are [x(R->L flipped later), y or z]; transpose so rows run top-down
+        # slices are [column, row-from-bottom]: transpose, then flip so the last row is at the bottom
         grey = np.clip((ct_slice - hu_window[0]) / (hu_window[1] - hu_window[0]), 0, 1)
         ax.imshow(np.flipud(grey.T), cmap="gray", interpolation="nearest")
         ax.imshow(np.flipud(colours[np.clip(seg_slice, 0, len(colours) - 1)].transpose(1, 0, 2)), interpolation="nearest")
@@ -66,9 +72,10 @@ def overlay_png(
         ax.set_axis_off()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.8))
-    # RAS index order: x grows to the patient's right... ; flip x so the patient's right is on the picture's left
-    panel(axes[0], ct[::-1, :, centre[2]], seg[::-1, :, centre[2]], f"axial z={centre[2]}")
-    panel(axes[1], ct[::-1, centre[1], :], seg[::-1, centre[1], :], f"coronal y={centre[1]}")
+    # RAS arrays: x grows toward the patient's right; reversing x puts the patient's right on the picture's left
+    z, y = best_slice(2), best_slice(1)
+    panel(axes[0], ct[::-1, :, z], seg[::-1, :, z], f"axial slice {z}")
+    panel(axes[1], ct[::-1, y, :], seg[::-1, y, :], f"coronal slice {y}")
     handles = [Patch(facecolor=np.asarray(r["color"]) / 255.0, label=r.get("display", r["name"])) for r in labels]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), frameon=False)

@@ -59,8 +59,10 @@ def test_verify_net_in_out(overlays):
 def test_train_writes_checkpoint_with_class_embeddings(trained_bundle):
     state = torch.load(trained_bundle / "model_tiny.pt", map_location="cpu", weights_only=True)
     class_names = read_config_value(BUNDLE_DIR, "inference.json", "class_names")
-    assert state["class_embeddings"].shape == (len(class_names), 384)
-    assert state["class_embeddings"].norm(dim=1).min() > 0.99, "trained without the text table"
+    assert state["class_embeddings"].shape == (len(class_names), 384 + 2)  # MiniLM + [is_left, is_right]
+    assert state["class_embeddings"][:, :384].norm(dim=1).min() > 0.99, "trained without the text table"
+    sides = state["class_embeddings"][:, 384:]
+    assert sides[class_names.index("kidney_left")].tolist() == [1.0, 0.0] and sides[class_names.index("liver")].tolist() == [0.0, 0.0]
 
 
 @pytest.mark.slow
@@ -124,3 +126,20 @@ def test_ckpt_export_traces_the_network(trained_bundle, tmp_path):
     with torch.no_grad():
         out = exported(torch.rand(1, 1, 64, 64, 64))
     assert out.shape == (1, len(read_config_value(BUNDLE_DIR, "inference.json", "class_names")), 64, 64, 64)
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_with_two_processes(tiny_phantom, tmp_path):
+    """torchrun + DistributedDataParallel with the gloo backend: 2 CPU processes, 1 epoch."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "monai.bundle", "run",
+         "--config_file", _config_list("train.json", "multi_gpu_train.json", "tiny.json"),
+         "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
+         "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval"),
+         "--epochs", "1", "--val_interval", "1", "--num_val", "2", "--crops_per_image", "1", "--num_workers", "0"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    state = torch.load(tmp_path / "model_tiny.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "checkpoint must hold the bare network, not the DDP wrapper"

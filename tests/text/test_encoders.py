@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -63,3 +65,43 @@ def test_vocabulary_table_is_cached_as_a_file(tmp_path):
     mtime = files[0].stat().st_mtime_ns
     second = vocabulary_embedding_table("minilm", cache_dir=tmp_path)
     assert files[0].stat().st_mtime_ns == mtime and torch.equal(first.embeddings, second.embeddings)
+
+
+def _tiny_clip(path):
+    """A randomly initialised CLIP text tower with a tiny byte-level BPE tokenizer, saved like a hub model."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    path.mkdir()
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    merges = ["l i", "li v", "e r</w>", "k i", "d n"]
+    for merge in merges:
+        vocab.setdefault(merge.replace(" ", ""), len(vocab))
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+    tokenizer.save_pretrained(str(path))
+    config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+        projection_dim=24, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+    )
+    torch.manual_seed(0)
+    CLIPTextModelWithProjection(config).save_pretrained(str(path))
+    return path
+
+
+def test_clip_text_encoder_from_a_local_directory(tmp_path):
+    from textseg.text import CLIPTextEncoder
+
+    path = _tiny_clip(tmp_path / "tiny-clip")
+    for encoder in (CLIPTextEncoder(path), create_encoder(f"clip:{path}"), create_encoder(str(path))):
+        assert isinstance(encoder, CLIPTextEncoder)
+        out = encoder.encode(["A computerized tomography of a liver", "kidney"])
+        assert out.shape == (2, 24) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+        assert not torch.allclose(out[0], out[1])
+    # padding must not change the embedding of the shorter prompt (CLIP pools the end-of-text token)
+    assert torch.allclose(encoder.encode(["kidney"])[0], out[1], atol=1e-5)
+    table = build_embedding_table(encoder, ["liver"])
+    assert table.encoder == "clip:tiny-clip" and table.dim == 24

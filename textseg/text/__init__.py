@@ -1,6 +1,7 @@
 """Text side: encoders and precomputed embedding tables."""
 
 from .encoders import (
+    CLIPTextEncoder,
     DEFAULT_TEMPLATE,
     EmbeddingTable,
     MeanPoolingEncoder,
@@ -8,11 +9,14 @@ from .encoders import (
     TextEncoder,
     build_embedding_table,
     create_encoder,
+    LATERALITY_FEATURES,
     default_cache_dir,
+    prompt_features,
     vocabulary_embedding_table,
 )
 
 __all__ = [
+    "CLIPTextEncoder",
     "DEFAULT_TEMPLATE",
     "EmbeddingTable",
     "MeanPoolingEncoder",
@@ -21,5 +25,7 @@ __all__ = [
     "build_embedding_table",
     "create_encoder",
     "default_cache_dir",
+    "LATERALITY_FEATURES",
+    "prompt_features",
     "vocabulary_embedding_table",
 ]

@@ -21,11 +21,14 @@ __all__ = [
     "TextEncoder",
     "MeanPoolingEncoder",
     "MiniLMEncoder",
+    "CLIPTextEncoder",
     "EmbeddingTable",
     "build_embedding_table",
     "create_encoder",
     "vocabulary_embedding_table",
     "default_cache_dir",
+    "LATERALITY_FEATURES",
+    "prompt_features",
 ]
 
 DEFAULT_TEMPLATE = "A computerized tomography of a {}"
@@ -114,17 +117,74 @@ class MiniLMEncoder(MeanPoolingEncoder):
         self.dim = 384
 
 
+class CLIPTextEncoder(TextEncoder):
+    """The CLIP text tower through ``transformers`` (``CLIPTextModelWithProjection``): projected, L2-normalised
+    ``text_embeds``, as CLIP-driven segmentation models use.
+
+    Args:
+        model_path: local directory of a CLIP model (full or text-only) with its tokenizer files.
+        name: identifier recorded in embedding tables; defaults to ``clip:<directory name>``.
+        device: torch device for the model.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, name: str | None = None, device: str = "cpu"):
+        self.model_path = Path(model_path)
+        self.name = name or f"clip:{self.model_path.name}"
+        self.device = device
+        self._model = None
+        self._tokenizer = None
+
+    def _load(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+            if not self.model_path.is_dir():
+                raise FileNotFoundError(f"CLIP model directory not found: {self.model_path}")
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+            self._model = CLIPTextModelWithProjection.from_pretrained(str(self.model_path), local_files_only=True)
+            self._model = self._model.to(self.device).eval()
+            self.dim = int(self._model.config.projection_dim)
+        return self._tokenizer, self._model
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """
+        Args:
+            texts: N strings (truncated to CLIP's context length).
+
+        Returns:
+            float32 tensor [N, projection_dim], unit L2 norm per row, on the CPU.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        tokenizer, model = self._load()
+        max_length = int(model.config.max_position_embeddings)
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        return torch.nn.functional.normalize(model(**batch).text_embeds, dim=-1).float().cpu()
+
+
 ENCODERS = {"minilm": MiniLMEncoder}
+ENCODER_KINDS = {"clip": CLIPTextEncoder, "bert": MeanPoolingEncoder}
 
 
 @lru_cache(maxsize=4)
 def create_encoder(name: str = "minilm") -> TextEncoder:
-    """Encoder by short name (``minilm``) or a local model directory (mean pooling); cached per process."""
+    """An encoder, cached per process: ``minilm``, ``clip:<dir>``, ``bert:<dir>`` (any BERT-style model with mean
+    pooling), or a local model directory (CLIP if its config says so, else mean pooling)."""
     if name in ENCODERS:
         return ENCODERS[name]()
+    kind, _, path = name.partition(":")
+    if kind in ENCODER_KINDS and path:
+        return ENCODER_KINDS[kind](path)
     if Path(name).is_dir():
-        return MeanPoolingEncoder(name)
-    raise ValueError(f"unknown text encoder {name!r}: use one of {sorted(ENCODERS)} or a local model directory.")
+        config = Path(name) / "config.json"
+        is_clip = config.is_file() and '"clip' in config.read_text().lower()
+        return CLIPTextEncoder(name) if is_clip else MeanPoolingEncoder(name)
+    raise ValueError(
+        f"unknown text encoder {name!r}: use {sorted(ENCODERS)}, 'clip:<dir>', 'bert:<dir>' or a local model directory."
+    )
 
 
 @dataclass
@@ -210,3 +270,23 @@ def vocabulary_embedding_table(
     table = build_embedding_table(create_encoder(encoder), names, phrases, template)
     table.save(path)
     return table
+
+
+LATERALITY_FEATURES = ("left", "right")
+"""Sides appended to every prompt embedding (see :func:`prompt_features`)."""
+
+
+def prompt_features(table: EmbeddingTable, names: Sequence[str], vocabulary=None) -> torch.Tensor:
+    """What the network is conditioned on: each structure's text embedding followed by its side.
+
+    Sentence encoders barely tell "left kidney" from "right kidney" (cosine 0.97 with MiniLM), so the
+    patient side known from the vocabulary is appended as ``[is_left, is_right]``.
+
+    Returns:
+        float32 tensor [len(names), table.dim + 2].
+    """
+    from textseg.vocabulary import load_vocabulary
+
+    vocabulary = vocabulary or load_vocabulary()
+    sides = torch.tensor([[float(vocabulary[n].laterality == side) for side in LATERALITY_FEATURES] for n in names])
+    return torch.cat([table.lookup(names), sides.reshape(len(names), len(LATERALITY_FEATURES))], dim=1)

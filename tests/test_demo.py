@@ -1,0 +1,36 @@
+"""The main job end to end on a tiny budget: phantom -> train -> segment -> Dice, overlay and report."""
+
+import json
+import shutil
+
+import nibabel as nib
+import pytest
+
+from textseg.demo import checkpoint_matches, run_demo
+
+from conftest import BUNDLE_DIR
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_end_to_end_and_reuses_its_checkpoint(tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE_DIR, bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    kwargs = dict(output_dir=tmp_path / "out", bundle_dir=bundle, data_dir=tmp_path / "data", epochs=1, num_train=5, num_test=1)
+    report = run_demo(**kwargs)
+    checkpoint = bundle / "models" / "model_tiny.pt"
+    assert checkpoint.exists() and checkpoint_matches(checkpoint, bundle)
+    (case,) = report["cases"]
+    assert set(case["dice"]) == {"liver", "kidney_left", "kidney_right"}
+    assert all(0.0 <= d <= 1.0 for d in case["dice"].values())
+    assert 0.0 <= report["mean_dice"] <= 1.0
+    saved = json.loads((tmp_path / "out" / "demo_report.json").read_text())
+    assert saved["mean_dice"] == pytest.approx(report["mean_dice"])
+    image = nib.load(case["image"])
+    assert nib.load(case["label_map"]).shape == image.shape
+    assert (tmp_path / "out" / "phantom_005_overlay.png").stat().st_size > 10_000
+
+    mtime = checkpoint.stat().st_mtime_ns
+    capsys.readouterr()
+    run_demo(image=case["image"], prompt="spleen", **kwargs)
+    assert "reusing" in capsys.readouterr().out and checkpoint.stat().st_mtime_ns == mtime
