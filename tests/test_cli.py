@@ -10,9 +10,11 @@ def run_cli(*args):
 def test_resolve_prints_targets_with_ids_and_colours():
     result = run_cli("resolve", "segment the liver and the left kidney")
     assert result.returncode == 0, result.stderr
-    targets = json.loads(result.stdout)["targets"]
-    assert [t["name"] for t in targets] == ["liver", "kidney_left"]
-    assert all(len(t["color"]) == 3 and isinstance(t["id"], int) for t in targets)
+    report = json.loads(result.stdout)
+    assert report["structures"] == ["liver", "kidney_left"]
+    assert [t["name"] for t in report["labels"]] == ["liver", "kidney_left"]
+    assert all(len(t["color"]) == 3 and isinstance(t["id"], int) for t in report["labels"])
+    assert all(t["explanation"] for t in report["targets"])
 
 
 def test_resolve_unknown_is_a_clear_error():

@@ -1,6 +1,22 @@
-import pytest
+import functools
+from pathlib import Path
 
-from textseg.prompts import MAX_PROMPT_LENGTH, PromptError, resolve_prompt, split_prompt
+import numpy as np
+import pytest
+import yaml
+
+from textseg.prompts import (
+    MAX_PROMPT_LENGTH,
+    GeometricQuery,
+    PromptError,
+    PromptResolver,
+    check_prompt_case,
+    prompt_structures,
+    resolve,
+    resolve_prompt,
+    select_by_query,
+    split_prompt,
+)
 from textseg.vocabulary import UnknownStructureError
 
 
@@ -45,12 +61,95 @@ def test_unknown_structure_names_closest_terms():
     assert "flux capacitor" in str(raised.value) and raised.value.suggestions
 
 
-def test_typo_suggests_the_right_term():
-    with pytest.raises(UnknownStructureError) as raised:
-        resolve_prompt("segment the spleeen")
-    assert any("spleen" in s for s in raised.value.suggestions)
+def test_typo_is_corrected():
+    assert resolve_prompt("segment the spleeen") == ["spleen"]
 
 
 def test_structure_outside_the_model():
     with pytest.raises(PromptError, match="not trained on .*femur"):
         resolve_prompt("liver and left femur", allowed=["liver", "spleen"])
+
+
+# --- the prompt test set, free-form wording, position and size prompts -----------------------------------
+PROMPT_SET = Path(__file__).parent / "data" / "prompts.yaml"
+
+
+def test_prompt_set_accuracy():
+    cases = yaml.safe_load(PROMPT_SET.read_text())["prompts"]
+    assert len(cases) >= 300
+    resolver = PromptResolver()
+    failures = [(c["prompt"], got) for c in cases for ok, got in [check_prompt_case(c, resolver)] if not ok]
+    accuracy = 1 - len(failures) / len(cases)
+    assert accuracy >= 0.97, failures[:20]
+
+
+@pytest.mark.parametrize(
+    "prompt,expected",
+    [
+        ("left and right kidney", ["kidney_left", "kidney_right"]),
+        ("kidney, left", ["kidney_left"]),
+        ("segment the lvier", ["liver"]),
+        ("bile bladder", ["gallbladder"]),
+    ],
+)
+def test_free_form_wording(prompt, expected):
+    assert sorted(resolve(prompt).structures) == sorted(expected)
+
+
+def test_explanations_say_how_a_phrase_was_understood():
+    targets = resolve("spleeen and bile bladder").targets
+    assert "spelling" in targets[0].explanation and "text embedding" in targets[1].explanation
+
+
+def test_without_encoder_unknown_wording_is_an_error():
+    with pytest.raises(UnknownStructureError):
+        PromptResolver(encoder=None).resolve("bile bladder")
+
+
+def test_queries_need_the_model_classes():
+    assert prompt_structures("liver and the largest vessel", allowed=["liver", "aorta", "spleen", "inferior_vena_cava"]) == [
+        "liver", "aorta", "inferior_vena_cava"]
+    with pytest.raises(PromptError, match="after segmentation"):
+        resolve_prompt("the largest organ")
+
+
+QUERIES = [
+    ("the largest organ", "liver"),
+    ("the smallest organ", "gallbladder"),
+    ("the organ in the right upper quadrant", "liver"),
+    ("the organ left of the stomach", "spleen"),
+    ("the vessel right of the aorta", "inferior_vena_cava"),
+    ("the largest organ in the upper abdomen", "liver"),
+]
+
+
+@functools.lru_cache(maxsize=3)
+def _phantom_in(orientation):
+    import nibabel as nib
+
+    from textseg.phantom import PHANTOM_LABELS, make_phantom
+
+    case = make_phantom(11, rotation_deg=(0, 0, 20) if orientation == "rotated" else (0, 0, 0))
+    image = nib.Nifti1Image(case.label, case.affine)
+    if orientation == "LPS":
+        image = image.as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))  # flip x and y
+    label = np.asarray(image.dataobj)
+    return {name: label == i for i, name in PHANTOM_LABELS.items()}, image.affine
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS", "rotated"])
+@pytest.mark.parametrize("prompt,expected", QUERIES)
+def test_position_and_size_prompts_on_phantoms(prompt, expected, orientation):
+    """Answers come from world coordinates, so reorienting the arrays or rotating the body a little changes nothing."""
+    masks, affine = _phantom_in(orientation)
+    (query,) = resolve(prompt).queries
+    answer, explanation = select_by_query(query, masks, affine)
+    assert answer == expected, explanation
+
+
+def test_query_without_answer_is_an_error():
+    masks = {"liver": np.ones((4, 4, 4), bool)}
+    with pytest.raises(PromptError, match="no segmented"):
+        select_by_query(GeometricQuery("relation", "organ", relation="left_of", reference="liver"), masks, np.eye(4))
+    with pytest.raises(PromptError, match="no structure was segmented"):
+        select_by_query(GeometricQuery("largest", "organ"), {"liver": np.zeros((2, 2, 2), bool)}, np.eye(4))

@@ -126,3 +126,24 @@ def test_atomic_writer_keeps_previous_file_on_failure(tmp_path):
     writer.set_metadata({"affine": np.eye(4)}, resample=False)
     writer.write(target)
     assert nib.load(str(target)).shape == (4, 4, 4)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_answer_prompt_keeps_named_structures_and_query_answers(flip):
+    from textseg.phantom import PHANTOM_LABELS, make_phantom
+    from textseg.transforms import AnswerPromptd
+    from textseg.vocabulary import load_vocabulary
+
+    vocabulary = load_vocabulary()
+    case = make_phantom(2)
+    label = np.zeros_like(case.label, dtype=np.int16)
+    for i, name in PHANTOM_LABELS.items():
+        label[case.label == i] = vocabulary[name].id
+    image = nib.Nifti1Image(label, case.affine)
+    if flip:  # the same anatomy stored LPS
+        image = image.as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))
+    labels = MetaTensor(torch.as_tensor(np.ascontiguousarray(image.dataobj))[None], affine=torch.as_tensor(image.affine))
+    out = AnswerPromptd("pred", "aorta and the organ left of the stomach")({"pred": labels})["pred"]
+    kept = set(torch.unique(out).tolist()) - {0}
+    assert kept == {vocabulary["aorta"].id, vocabulary["spleen"].id}
+    assert (out > 0).sum() == ((labels == vocabulary["aorta"].id) | (labels == vocabulary["spleen"].id)).sum()

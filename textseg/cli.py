@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -10,13 +11,31 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
+@contextlib.contextmanager
+def _logs_to_stderr():
+    """Send log records and stray prints to stderr (MONAI's loggers write to stdout)."""
+    import logging
+
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    moved = [h for lg in loggers for h in getattr(lg, "handlers", []) if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
+    for handler in moved:
+        handler.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler in moved:
+            handler.setStream(sys.stdout)
+
+
 def _resolve(args) -> int:
-    from textseg.prompts import resolve_prompt
+    from textseg.prompts import resolve
     from textseg.vocabulary import load_vocabulary
 
-    vocabulary = load_vocabulary()
-    targets = resolve_prompt(args.prompt)
-    print(json.dumps({"prompt": args.prompt, "targets": vocabulary.label_table(targets)}, indent=2))
+    resolution = resolve(args.prompt)
+    report = resolution.to_dict()
+    report["labels"] = load_vocabulary().label_table(resolution.structures)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -34,7 +53,7 @@ def _make_phantom(args) -> int:
 def _build_embeddings(args) -> int:
     from textseg.text import vocabulary_embedding_table
 
-    table = vocabulary_embedding_table(args.encoder, cache_dir=args.cache_dir)
+    table = vocabulary_embedding_table(args.encoder, args.template, cache_dir=args.cache_dir)
     print(f"{len(table.names)} structures x {table.dim} ({table.encoder}, template {table.template!r})")
     return 0
 
@@ -48,10 +67,11 @@ def _train(args) -> int:
 
 
 def _segment(args) -> int:
-    from textseg.segment import segment
-
     configs = ["inference.json"] + (["tiny.json"] if args.tiny else [])
-    result = segment(args.image, args.prompt, args.output, args.bundle, configs)
+    with _logs_to_stderr():  # stdout carries the JSON answer only
+        from textseg.segment import segment
+
+        result = segment(args.image, args.prompt, args.output, args.bundle, configs)
     print(json.dumps({"label_map": str(result.label_map), "masks": {k: str(v) for k, v in result.masks.items()},
                       "overlay": str(result.overlay), "labels": result.labels}, indent=2))
     return 0
@@ -70,6 +90,7 @@ def _demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from textseg.bundle import DEFAULT_BUNDLE
     from textseg.demo import DEMO_PROMPT
+    from textseg.text import DEFAULT_TEMPLATE
 
     parser = argparse.ArgumentParser(prog="textseg", description="Text-prompted 3D CT segmentation (MONAI bundles).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_make_phantom)
 
     p = sub.add_parser("build-embeddings", help="precompute the vocabulary's text embeddings (cached file)")
-    p.add_argument("--encoder", default="minilm", help="'minilm' or a local model directory")
+    p.add_argument("--encoder", default="minilm", help="'minilm', 'clip:<dir>', 'bert:<dir>' or a local model directory")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template, e.g. 'A computerized tomography of a {}'")
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=_build_embeddings)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from textseg.bundle import DEFAULT_BUNDLE, read_config_value, run_bundle
 from textseg.metrics import write_atomic
-from textseg.prompts import resolve_prompt
+from textseg.prompts import prompt_structures, resolve
 from textseg.visualize import overlay_png
 from textseg.vocabulary import load_vocabulary
 
@@ -93,12 +93,12 @@ def segment(
     """
     image = check_image_path(image).resolve()
     class_names = read_config_value(bundle_dir, "inference.json", "class_names")
-    targets = resolve_prompt(prompt, allowed=class_names)  # fail before loading any model
+    prompt_structures(prompt, allowed=class_names)  # fail before loading any model
+    resolution = resolve(prompt)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     case = _case_name(image)
     vocabulary = load_vocabulary()
-    labels = vocabulary.label_table(targets)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".tmp-") as work:
         run_bundle(bundle_dir, configs, workflow_type="infer", input_image=str(image), prompt=prompt, output_dir=work, **override)
         written = sorted(Path(work).glob("*_seg.nii.gz"))
@@ -106,6 +106,10 @@ def segment(
             raise RuntimeError(f"bundle inference wrote {len(written)} label maps, expected 1: {written}")
         label_img = nib.load(str(written[0]))
         label_data = np.asarray(label_img.dataobj)
+        # named structures, then the answers to position/size queries (what else the label map kept)
+        answers = [vocabulary.by_id(int(i)).name for i in np.unique(label_data) if i > 0]
+        targets = resolution.structures + [n for n in answers if n not in resolution.structures]
+        labels = vocabulary.label_table(targets)
         mask_dir = Path(work) / f"{case}_masks"
         mask_dir.mkdir()
         masks = {}
@@ -115,7 +119,8 @@ def segment(
             nib.save(mask, str(mask_dir / f"{row['name']}.nii.gz"))
             masks[row["name"]] = output_dir / f"{case}_masks" / f"{row['name']}.nii.gz"
         volumes = {row["name"]: float((label_data == row["id"]).sum() * abs(np.linalg.det(label_img.affine[:3, :3])) / 1000.0) for row in labels}
-        report = {"image": str(image), "prompt": prompt, "targets": targets, "labels": labels, "volume_ml": volumes}
+        report = {"image": str(image), "prompt": prompt, "targets": targets, "labels": labels, "volume_ml": volumes,
+                  "resolution": resolution.to_dict()}
         write_atomic(Path(work) / f"{case}_labels.json", json.dumps(report, indent=2))
         if overlay:
             overlay_png(image if image.is_file() and image.name.endswith((".nii", ".nii.gz")) else _as_nifti(image, label_img, work),

@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
@@ -29,6 +30,7 @@ __all__ = [
     "MaskUnsupervisedd",
     "ProbabilitiesToLabelMapd",
     "AtomicNibabelWriter",
+    "AnswerPromptd",
 ]
 
 IGNORE_CHANNEL = -1.0
@@ -262,3 +264,42 @@ class AtomicNibabelWriter(NibabelWriter):
             Path(tmp).unlink(missing_ok=True)
             raise
 
+
+
+class AnswerPromptd(MapTransform):
+    """Answer a prompt's position/size queries on a label map of vocabulary ids, keeping only what was asked.
+
+    Runs after :class:`ProbabilitiesToLabelMapd` (and after inversion to the input grid): the label map
+    holds every structure the prompt needed (:func:`textseg.prompts.prompt_structures`); this keeps the
+    named structures plus each query's answer, chosen in world coordinates from the image affine.
+
+    Args:
+        keys: label map key(s), [1, *S] vocabulary ids with an ``affine``.
+        prompt: the prompt.
+    """
+
+    def __init__(self, keys: KeysCollection, prompt: str, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.prompt = prompt
+
+    def __call__(self, data: Mapping) -> dict:
+        from textseg.prompts import resolve, select_by_query
+        from textseg.vocabulary import load_vocabulary
+
+        resolution = resolve(self.prompt)
+        if not resolution.queries:
+            return dict(data)
+        vocabulary = load_vocabulary()
+        d = dict(data)
+        for key in self.key_iterator(d):
+            labels = d[key]
+            array = torch.as_tensor(labels)[0].cpu().numpy()
+            present = [vocabulary.by_id(int(i)).name for i in np.unique(array) if i > 0]
+            masks = {name: array == vocabulary[name].id for name in present}
+            keep = {vocabulary[n].id for n in resolution.structures}
+            for query in resolution.queries:
+                name, _ = select_by_query(query, masks, np.asarray(labels.affine), vocabulary)
+                keep.add(vocabulary[name].id)
+            kept = torch.as_tensor(np.isin(array, sorted(keep)))[None].to(torch.as_tensor(labels).device)
+            d[key] = labels * kept
+        return d
