@@ -72,6 +72,11 @@ MIN_OFFSET_MM = 10.0
 """A structure is 'left of' another when its centroid is at least this much further to the patient's left."""
 
 
+def _category(word: str) -> str | None:
+    """Vocabulary category named by a query word; 'structure' means any."""
+    return None if word == "structure" else word
+
+
 class PromptError(ValueError):
     """A prompt that cannot be turned into targets (empty, too long, naming structures the model lacks)."""
 
@@ -261,24 +266,23 @@ class PromptResolver:
 
     def _query(self, phrase: str) -> GeometricQuery | None:
         text = normalize(phrase)
-        category = lambda word: None if word == "structure" else word  # noqa: E731
         if m := _SIZE.match(text):
             size = "largest" if m.group(1) in ("largest", "biggest") else "smallest"
             region = m.group(3)
             if region is not None and region not in _REGIONS:
                 raise PromptError(f"unknown region {region!r} in {phrase!r}; known: {', '.join(sorted(_REGIONS))}")
-            return GeometricQuery(size, category(m.group(2)), region=region)
+            return GeometricQuery(size, _category(m.group(2)), region=region)
         if m := _QUADRANT.match(text):
-            return GeometricQuery("quadrant", category(m.group(1)), region=f"{m.group(2)} {m.group(3)} quadrant")
+            return GeometricQuery("quadrant", _category(m.group(1)), region=f"{m.group(2)} {m.group(3)} quadrant")
         if m := _QUADRANT_SHORT.match(text):
             side, level = _QUADRANT_ABBREVIATIONS[m.group(2)]
-            return GeometricQuery("quadrant", category(m.group(1)), region=f"{side} {level} quadrant")
+            return GeometricQuery("quadrant", _category(m.group(1)), region=f"{side} {level} quadrant")
         if m := _RELATION.match(text):
             relation = _RELATION_NAMES[m.group(2) or re.sub(r"\s+", " ", m.group(3))]
             reference = self.vocabulary.lookup(m.group(4))
             if len(reference) != 1:
                 raise PromptError(f"{phrase!r}: the reference {m.group(4)!r} must be one structure, not {', '.join(reference)}")
-            return GeometricQuery("relation", category(m.group(1)), relation=relation, reference=reference[0])
+            return GeometricQuery("relation", _category(m.group(1)), relation=relation, reference=reference[0])
         return None
 
     # --- prompts -------------------------------------------------------------------------------------
