@@ -361,10 +361,7 @@ class Vocabulary:
             (side,) = sides
             lateral = [n for n in names if self._by_name[n].laterality == side]
             if not lateral:
-                what = self._by_name[names[0]].display if len(names) == 1 else repr(" ".join(core_words))
-                if all(self._by_name[n].pair for n in names):  # "left RUL": the phrase already names the other side
-                    other = ", ".join(self._by_name[self._by_name[n].pair].display for n in names)
-                    raise ValueError(f"contradictory laterality in {term!r}: {what} is not on the {side} side (did you mean {other}?)")
+                what = self._by_name[names[0]].display if len(names) == 1 else f"{' '.join(core_words)!r}"
                 raise ValueError(f"{term!r} asks for the {side} side, but {what} has no {side} side in the vocabulary")
             names = lateral
         return self._ordered(names)
