@@ -197,6 +197,7 @@ class PromptResolver:
         self.typo_cutoff = typo_cutoff
         self._cache: dict[str, Resolution] = {}
         self._words: list[str] | None = None
+        self._table = None
 
     # --- single phrases ------------------------------------------------------------------------------
     def _structure(self, phrase: str) -> tuple[list[str], str]:
@@ -235,9 +236,10 @@ class PromptResolver:
         from textseg.text import DEFAULT_TEMPLATE, create_encoder, vocabulary_embedding_table
 
         template = self.template or DEFAULT_TEMPLATE
-        table = vocabulary_embedding_table(self.encoder, template, vocabulary=self.vocabulary)
+        if self._table is None:  # loaded once per resolver
+            self._table = vocabulary_embedding_table(self.encoder, template, vocabulary=self.vocabulary)
         query = create_encoder(self.encoder).encode([template.format(phrase)])[0]
-        return table.names, (table.embeddings @ query).numpy()
+        return self._table.names, (self._table.embeddings @ query).numpy()
 
     def _embedding_match(self, phrase: str) -> tuple[str, float] | None:
         words = normalize(phrase).split()
