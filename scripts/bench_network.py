@@ -4,8 +4,8 @@
 Usage: python scripts/bench_network.py [--size 96] [--feature-size 48] [--repeats 3] [--device cpu]
 
 Prints, on one patch of size^3:
-- time(13 prompts) / time(1 prompt) of TextFiLMSwinUNETR (goal <= 1.3: the image encoder runs once);
-- time(TextFiLMSwinUNETR, 1 prompt) / time(MONAI SwinUNETR, same feature size) (goal <= 1.15).
+- time(13 prompts) / time(1 prompt) of TextSwinUNETR (goal <= 1.3: the image encoder runs once);
+- time(TextSwinUNETR, 1 prompt) / time(MONAI SwinUNETR, same feature size) (goal <= 1.15).
 Each ratio compares medians of interleaved runs, so machine load affects both sides alike.
 """
 
@@ -17,7 +17,7 @@ import time
 import torch
 from monai.networks.nets import SwinUNETR
 
-from textseg.networks import TextFiLMSwinUNETR
+from textseg.networks import TextSwinUNETR
 from textseg.text import LATERALITY_FEATURES
 
 MINILM_DIM = 384
@@ -43,7 +43,7 @@ def main() -> int:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    text_net = TextFiLMSwinUNETR(num_classes=13, text_dim=TEXT_DIM, feature_size=args.feature_size).to(device).eval()
+    text_net = TextSwinUNETR(num_classes=13, text_dim=TEXT_DIM, feature_size=args.feature_size).to(device).eval()
     plain_net = SwinUNETR(in_channels=1, out_channels=1, feature_size=args.feature_size).to(device).eval()
     image = torch.rand(1, 1, args.size, args.size, args.size, device=device)
     prompts = torch.randn(13, TEXT_DIM, device=device)

@@ -5,7 +5,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from textseg.datasets import DatasetError, combine_totalsegmentator_masks, label_maps, load_datalist, load_dataset_specs
+from textseg.datasets import (
+    DatasetError,
+    combine_totalsegmentator_masks,
+    label_maps,
+    load_datalist,
+    load_datalists,
+    load_dataset_specs,
+)
 from textseg.vocabulary import Structure, Vocabulary, load_vocabulary
 
 REQUIRED = ["phantom", "msd_task03_liver", "msd_task07_pancreas", "msd_task09_spleen", "btcv", "flare22", "amos22", "word", "totalsegmentator"]
@@ -200,3 +207,26 @@ def test_phantom_datalist(tiny_phantom):
     test = load_datalist("phantom", tiny_phantom, section="test")
     assert len(train) == 3 and len(test) == 1 and "label" in test[0]
     assert all(c["dataset"] == "phantom" and set(c["annotated"]) <= set(label_maps()["phantom"].values()) for c in train)
+
+
+def test_load_datalists_mixes_datasets_round_robin(tmp_path):
+    path = tmp_path / "datasets.yaml"
+    path.write_text(
+        "version: 1\ndatasets:\n"
+        "  organs:\n    modality: CT\n    source: t\n    licence: t\n    layout: paired_folders\n    labels_map: {1: liver, 2: spleen}\n"
+        "  kidneys:\n    modality: CT\n    source: t\n    licence: t\n    layout: paired_folders\n    labels_map: {1: kidney_left, 2: kidney_right}\n"
+    )
+    for name, count in (("organs", 3), ("kidneys", 1)):
+        for i in range(count):
+            _nifti(tmp_path / name / "imagesTr" / f"{name}{i}.nii.gz")
+            _nifti(tmp_path / name / "labelsTr" / f"{name}{i}.nii.gz")
+    sources = [{"name": "organs", "root": tmp_path / "organs"}, {"name": "kidneys", "root": tmp_path / "kidneys"}]
+    cases = load_datalists(sources, path=path)
+    assert [c["dataset"] for c in cases] == ["organs", "kidneys", "organs", "organs"]
+    assert cases[1]["annotated"] == ["kidney_left", "kidney_right"] and cases[0]["annotated"] == ["liver", "spleen"]
+    with pytest.raises(DatasetError, match="at least one"):
+        load_datalists([], path=path)
+    with pytest.raises(DatasetError, match="needs a 'name'"):
+        load_datalists([{"root": tmp_path}], path=path)
+    with pytest.raises(DatasetError, match="unknown dataset 'btcv2'"):
+        load_datalists(["btcv2"], path=path)

@@ -34,3 +34,14 @@ def test_demo_runs_end_to_end_and_reuses_its_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     run_demo(image=case["image"], prompt="spleen", **kwargs)
     assert "reusing" in capsys.readouterr().out and checkpoint.stat().st_mtime_ns == mtime
+
+    # a checkpoint of another network (other parameter names/shapes) is not reused, even with the right embeddings
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    renamed = {("film." + k[len("fusion."):] if k.startswith("fusion.") else k): v for k, v in state.items()}
+    torch.save(renamed, tmp_path / "old_layout.pt")
+    assert not checkpoint_matches(tmp_path / "old_layout.pt", bundle)
+    state["class_embeddings"] = state["class_embeddings"] + 0.1
+    torch.save(state, tmp_path / "other_embeddings.pt")
+    assert not checkpoint_matches(tmp_path / "other_embeddings.pt", bundle)

@@ -12,6 +12,7 @@ from textseg.transforms import (
     LabelToChannelsd,
     MaskUnsupervisedd,
     ProbabilitiesToLabelMapd,
+    SamplePromptsd,
     ValidateImaged,
     ct_transforms,
 )
@@ -108,6 +109,44 @@ def test_add_text_embedding():
     assert out["text_embedding"].shape == (3, 8)
     with pytest.raises(ValueError, match="K>0"):
         AddTextEmbeddingd(torch.ones(0, 8))
+
+
+def _crop_target():
+    """Six prompt channels of a 4x4x4 crop: 0-2 present, 3-4 annotated but absent, 5 not annotated."""
+    target = torch.zeros(6, 4, 4, 4)
+    for k in range(3):
+        target[k, k] = 1.0
+    target[5] = IGNORE_CHANNEL
+    return target
+
+
+@pytest.mark.parametrize(
+    "num_prompts,negative_fraction,positives,negatives,unsupervised",
+    [(4, 0.25, 3, 1, 0), (4, 0.5, 2, 2, 0), (2, 0.0, 2, 0, 0), (6, 0.25, 3, 2, 1), (3, 1.0, 1, 2, 0)],
+)
+def test_sample_prompts_keeps_positives_and_known_absent_negatives(num_prompts, negative_fraction, positives, negatives, unsupervised):
+    target = _crop_target()
+    embedding = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 8)  # row k is filled with k
+    sampler = SamplePromptsd(num_prompts=num_prompts, negative_fraction=negative_fraction)
+    seen = set()
+    for seed in range(20):
+        sampler.set_random_state(seed)
+        out = sampler({"label": target, "text_embedding": embedding})
+        chosen = out["text_embedding"][:, 0].long().tolist()
+        assert out["label"].shape == (num_prompts, 4, 4, 4) and len(set(chosen)) == num_prompts
+        assert torch.equal(out["label"], target[chosen]), "labels and prompts must stay paired"
+        assert sum(c < 3 for c in chosen) == positives
+        assert sum(c in (3, 4) for c in chosen) == negatives
+        assert sum(c == 5 for c in chosen) == unsupervised
+        seen.add(tuple(chosen))
+    assert len(seen) > 1, "the choice and order must be random"
+
+
+def test_sample_prompts_bad_arguments():
+    with pytest.raises(ValueError, match="only 6 channels"):
+        SamplePromptsd(num_prompts=7)({"label": _crop_target(), "text_embedding": torch.zeros(6, 8)})
+    with pytest.raises(ValueError, match="negative_fraction"):
+        SamplePromptsd(negative_fraction=1.5)
 
 
 def test_atomic_writer_keeps_previous_file_on_failure(tmp_path):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +45,7 @@ __all__ = [
     "combine_totalsegmentator_masks",
     "label_maps",
     "load_datalist",
+    "load_datalists",
     "load_dataset_specs",
 ]
 
@@ -345,6 +346,41 @@ def load_datalist(
             raise DatasetError(f"dataset {name!r}: case {case['image']} lists annotated {unknown}, which are not in its labels_map")
         case["annotated"] = list(annotated)
     return cases
+
+
+def load_datalists(
+    sources: Sequence[Mapping | str],
+    path: str | os.PathLike | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> list[dict]:
+    """Mix several datasets (each with its own label set) into one data list, for partial-label training.
+
+    Args:
+        sources: dataset names, or ``{"name", "root", "section"}`` mappings (root and section optional),
+            as :func:`load_datalist` takes them.
+        path: datasets file (default :data:`DEFAULT_DATASETS_PATH`).
+        vocabulary: default: the packaged vocabulary.
+
+    Returns:
+        the cases of all sources, interleaved round-robin (so that the last cases, often held out for
+        validation, come from every dataset); each keeps its ``dataset`` and ``annotated`` keys.
+
+    Raises:
+        DatasetError: no source, a source without a name, or any error of :func:`load_datalist`.
+    """
+    if not sources:
+        raise DatasetError("no dataset to load: give at least one datasets.yaml entry")
+    lists = []
+    for source in sources:
+        source = {"name": source} if isinstance(source, str) else dict(source)
+        unknown = set(source) - {"name", "root", "section"}
+        if "name" not in source or unknown:
+            raise DatasetError(f"a dataset source needs a 'name' and may have 'root' and 'section', got {sorted(source)}")
+        lists.append(load_datalist(source["name"], source.get("root"), path, vocabulary, source.get("section", "training")))
+    mixed = []
+    for i in range(max(len(cases) for cases in lists)):
+        mixed.extend(cases[i] for cases in lists if i < len(cases))
+    return mixed
 
 
 def combine_totalsegmentator_masks(

@@ -45,21 +45,25 @@ def train_bundle(
     )
 
 
-def checkpoint_matches(checkpoint: str | os.PathLike, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE) -> bool:
-    """Whether a checkpoint was trained on the bundle's classes with today's prompt embeddings
-    (same encoder, template and vocabulary); a checkpoint from another text setup must be retrained."""
+def checkpoint_matches(
+    checkpoint: str | os.PathLike, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE, overlays: Sequence[str] = TINY_CONFIGS
+) -> bool:
+    """Whether a checkpoint fits today's bundle: the same network (parameter names and shapes) and the bundle's
+    classes with today's prompt embeddings (same encoder, template and vocabulary). Otherwise it must be retrained."""
     import torch
+    from monai.bundle import ConfigParser
 
-    from textseg.bundle import read_config_value
-    from textseg.text import prompt_features, vocabulary_embedding_table
+    from textseg.bundle import bundle_config_files
+    from textseg.handlers import embeddings_match
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    stored = state.get("class_embeddings")
-    encoder = read_config_value(bundle_dir, "train.json", "text_encoder")
-    template = read_config_value(bundle_dir, "train.json", "text_template")
-    class_names = read_config_value(bundle_dir, "train.json", "class_names")
-    expected = prompt_features(vocabulary_embedding_table(encoder, template), class_names)
-    return stored is not None and stored.shape == expected.shape and torch.allclose(stored, expected, atol=1e-4)
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(bundle_dir, ["inference.json", *overlays]))
+    network = parser.get_parsed_content("network_def")
+    expected_shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in state.items()} != expected_shapes:
+        return False
+    return embeddings_match(state.get("class_embeddings"), parser.get_parsed_content("class_embeddings"))
 
 
 def run_demo(
@@ -88,7 +92,7 @@ def run_demo(
     make_phantom_dataset(data_dir, num_train=num_train, num_test=num_test, seed=seed)
     checkpoint = Path(bundle_dir) / "models" / "model_tiny.pt"
     if checkpoint.exists() and not retrain and not checkpoint_matches(checkpoint, bundle_dir):
-        print(f"      {checkpoint} was trained with other prompt embeddings: training again")
+        print(f"      {checkpoint} was trained with another network or other prompt embeddings: training again")
         retrain = True
     if retrain or not checkpoint.exists():
         print(f"[2/3] training the tiny bundle for {epochs} epochs on CPU -> {checkpoint}")

@@ -12,6 +12,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import (
+    Randomizable,
     EnsureTyped,
     LoadImaged,
     MapTransform,
@@ -27,6 +28,7 @@ __all__ = [
     "ValidateImaged",
     "LabelToChannelsd",
     "AddTextEmbeddingd",
+    "SamplePromptsd",
     "MaskUnsupervisedd",
     "ProbabilitiesToLabelMapd",
     "AtomicNibabelWriter",
@@ -186,6 +188,60 @@ class AddTextEmbeddingd(MapTransform):
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         d[self.key] = self.embedding.clone()
+        return d
+
+
+class SamplePromptsd(Randomizable, MapTransform):
+    """Pick the prompts one training crop is supervised with: present structures and known-absent ones.
+
+    After :class:`LabelToChannelsd` and :class:`AddTextEmbeddingd`, a crop has K target channels and K
+    prompt embeddings. A channel is *supervised* when its structure is annotated in the case (not
+    :data:`IGNORE_CHANNEL`); it is a *positive* when the structure appears in the crop and a *negative*
+    when it is annotated but absent there, so the network learns to answer "nothing" for it. This keeps
+    ``num_prompts`` channels: up to ``round(negative_fraction * num_prompts)`` negatives, positives for
+    the rest, then any other supervised channels, in random order. With fewer supervised channels than
+    ``num_prompts`` the remainder are unsupervised channels (ignored by the loss), so every crop has the
+    same number of prompts and crops batch together.
+
+    Args:
+        label_key: target key, [K, *S] as made by :class:`LabelToChannelsd`.
+        embedding_key: prompt embeddings key, [K, D].
+        num_prompts: prompts per crop (at most K).
+        negative_fraction: share of negatives among the kept prompts, in [0, 1].
+    """
+
+    def __init__(self, label_key: str = "label", embedding_key: str = "text_embedding", num_prompts: int = 8, negative_fraction: float = 0.25):
+        MapTransform.__init__(self, keys=[label_key, embedding_key])
+        if num_prompts < 1:
+            raise ValueError(f"num_prompts must be at least 1, got {num_prompts}.")
+        if not 0.0 <= negative_fraction <= 1.0:
+            raise ValueError(f"negative_fraction must be in [0, 1], got {negative_fraction}.")
+        self.label_key = label_key
+        self.embedding_key = embedding_key
+        self.num_prompts = num_prompts
+        self.negative_fraction = negative_fraction
+
+    def choose(self, label: torch.Tensor) -> list[int]:
+        """Channel indices to keep for a target [K, *S] (see the class docstring)."""
+        flat = torch.as_tensor(label).flatten(1)
+        if flat.shape[0] < self.num_prompts:
+            raise ValueError(f"{self.num_prompts} prompts per crop asked, but the label has only {flat.shape[0]} channels.")
+        supervised = (flat != IGNORE_CHANNEL).all(dim=1)
+        present = (flat > 0).any(dim=1)
+        positives = self.R.permutation(torch.nonzero(supervised & present).flatten().tolist()).tolist()
+        negatives = self.R.permutation(torch.nonzero(supervised & ~present).flatten().tolist()).tolist()
+        unsupervised = torch.nonzero(~supervised).flatten().tolist()
+        num_negatives = min(len(negatives), int(round(self.negative_fraction * self.num_prompts)))
+        chosen = negatives[:num_negatives] + positives[: self.num_prompts - num_negatives]
+        rest = positives[self.num_prompts - num_negatives :] + negatives[num_negatives:] + unsupervised
+        chosen += rest[: self.num_prompts - len(chosen)]
+        return self.R.permutation(chosen).tolist()
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        keep = self.choose(d[self.label_key])
+        d[self.label_key] = d[self.label_key][keep]
+        d[self.embedding_key] = torch.as_tensor(d[self.embedding_key])[keep]
         return d
 
 

@@ -47,7 +47,9 @@ def test_metadata_and_model_card_agree_with_vocabulary():
     assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == len(class_names)
 
 
-@pytest.mark.parametrize("overlays", [(), ("tiny.json",)])
+@pytest.mark.parametrize(
+    "overlays", [(), ("tiny.json",), ("tiny.json", "fusion_concat.json"), ("tiny.json", "fusion_cross_attention.json")]
+)
 def test_verify_net_in_out(overlays):
     monai_bundle(
         "verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
@@ -109,17 +111,24 @@ def test_inference_cli_refuses_bad_requests(trained_bundle, tiny_phantom, tmp_pa
 
 
 @pytest.mark.slow
-def test_evaluate_writes_dice_per_structure(trained_bundle, tiny_phantom):
+def test_evaluate_writes_metrics_per_structure(trained_bundle, tiny_phantom):
     monai_bundle(
         "run", "--config_file", _config_list("train.json", "evaluate.json", "tiny.json"),
         "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
         "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(trained_bundle), "--output_dir", str(trained_bundle / "evaluation"),
         "--num_workers", "0",
     )
-    report = json.loads((trained_bundle / "evaluation" / "val_mean_dice_per_structure.json").read_text())
+    report = json.loads((trained_bundle / "evaluation" / "per_structure.json").read_text())
     class_names = read_config_value(BUNDLE_DIR, "inference.json", "class_names")
     assert list(report) == class_names
-    assert all(0.0 <= r["mean"] <= 1.0 for r in report.values() if r["cases"])
+    for metrics in report.values():
+        assert set(metrics) == {"val_mean_dice", "val_hd95", "val_nsd", "val_volume_similarity"}
+        for name in ("val_mean_dice", "val_nsd", "val_volume_similarity"):
+            assert metrics[name]["cases"] == 0 or 0.0 <= metrics[name]["mean"] <= 1.0
+        assert metrics["val_hd95"]["cases"] == 0 or metrics["val_hd95"]["mean"] >= 0.0
+    assert sum(m["val_mean_dice"]["cases"] for m in report.values()) > 0, "no structure was evaluated"
+    csv_header = (trained_bundle / "evaluation" / "per_structure.csv").read_text().splitlines()[0]
+    assert csv_header.startswith("structure,val_mean_dice,val_mean_dice_cases,val_hd95")
 
 
 @pytest.mark.slow
@@ -151,3 +160,62 @@ def test_multi_gpu_config_trains_with_two_processes(tiny_phantom, tmp_path):
     assert result.returncode == 0, result.stderr[-6000:]
     state = torch.load(tmp_path / "model_tiny.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "checkpoint must hold the bare network, not the DDP wrapper"
+
+
+def _relabelled_phantom(source: Path, target: Path, ids: dict[int, int]) -> None:
+    """Copy a phantom dataset (MSD layout) keeping only some structures, under other label ids."""
+    for sub in ("imagesTr", "labelsTr"):
+        (target / sub).mkdir(parents=True)
+    for image in sorted((source / "imagesTr").glob("*.nii.gz")):
+        (target / "imagesTr" / image.name).write_bytes(image.read_bytes())
+        label = nib.load(str(source / "labelsTr" / image.name))
+        old = np.asarray(label.dataobj)
+        new = np.zeros_like(old)
+        for old_id, new_id in ids.items():
+            new[old == old_id] = new_id
+        nib.save(nib.Nifti1Image(new, label.affine), str(target / "labelsTr" / image.name))
+
+
+@pytest.mark.slow
+def test_training_mixes_datasets_with_different_label_sets(tiny_phantom, tmp_path):
+    """Two datasets.yaml entries with different label ids and annotated subsets train one model (partial labels)."""
+    from monai.bundle import ConfigParser
+
+    from textseg.phantom import PHANTOM_LABELS
+    from textseg.transforms import IGNORE_CHANNEL
+
+    kidneys = tmp_path / "kidneys"
+    phantom_ids = {name: i for i, name in PHANTOM_LABELS.items()}
+    _relabelled_phantom(tiny_phantom, kidneys, {phantom_ids["kidney_left"]: 1, phantom_ids["kidney_right"]: 2})
+    datasets_file = tmp_path / "datasets.yaml"
+    datasets_file.write_text(
+        (REPO_ROOT / "datasets.yaml").read_text().rstrip()
+        + "\n  kidney_only:\n    description: phantom kidneys, relabelled\n    modality: CT\n    source: test\n    licence: test\n"
+        "    layout: paired_folders\n    labels_map: {1: kidney_left, 2: kidney_right}\n"
+    )
+    sources = [{"name": "phantom", "root": str(tiny_phantom)}, {"name": "kidney_only", "root": str(kidneys)}]
+    overrides = {"datasets": sources, "datasets_file": str(datasets_file), "bundle_root": str(BUNDLE_DIR), "num_workers": 0}
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "tiny.json")])
+    parser.update(overrides)
+    datalist = parser.get_parsed_content("datalist")
+    assert [c["dataset"] for c in datalist[:2]] == ["phantom", "kidney_only"]
+    class_names = parser.get_parsed_content("class_names")
+    case = next(c for c in datalist if c["dataset"] == "kidney_only")
+    sample = parser.get_parsed_content("validate#preprocessing")(dict(case))
+    target = sample["label"]
+    for k, name in enumerate(class_names):
+        if name in ("kidney_left", "kidney_right"):
+            assert (target[k] == 1).sum() > 0, f"{name} lost its voxels in the relabelled dataset"
+        else:
+            assert torch.all(target[k] == IGNORE_CHANNEL), f"{name} is not annotated in kidney_only and must be ignored"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_list("train.json", "tiny.json"),
+         "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
+         "--datasets", repr(sources), "--datasets_file", str(datasets_file), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
+         "--epochs", "1", "--val_interval", "1", "--num_val", "2", "--crops_per_image", "1", "--num_workers", "0"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert (tmp_path / "models" / "model_tiny.pt").exists()

@@ -1,5 +1,6 @@
 """Text-conditioned segmentation networks."""
 
-from .film_swinunetr import FiLMGenerator, TextFiLMSwinUNETR
+from .fusion import FUSIONS, ConcatFusion, CrossAttentionFusion, FiLMFusion, FiLMGenerator, Fusion, make_fusion
+from .text_swinunetr import TextSwinUNETR
 
-__all__ = ["FiLMGenerator", "TextFiLMSwinUNETR"]
+__all__ = ["FUSIONS", "ConcatFusion", "CrossAttentionFusion", "FiLMFusion", "FiLMGenerator", "Fusion", "TextSwinUNETR", "make_fusion"]

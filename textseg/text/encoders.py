@@ -19,6 +19,7 @@ import torch
 __all__ = [
     "DEFAULT_TEMPLATE",
     "TextEncoder",
+    "LocalModelEncoder",
     "MeanPoolingEncoder",
     "MiniLMEncoder",
     "CLIPTextEncoder",
@@ -50,7 +51,45 @@ class TextEncoder:
         return self.encode(texts)
 
 
-class MeanPoolingEncoder(TextEncoder):
+class LocalModelEncoder(TextEncoder):
+    """A ``transformers`` model and tokenizer loaded lazily from a local directory, never from the hub.
+
+    Subclasses name the model class (:meth:`_model_class`), its embedding size (:meth:`_dim`) and pooling.
+
+    Args:
+        model_path: local directory with the model and tokenizer files.
+        name: identifier recorded in embedding tables.
+        device: torch device for the model.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, name: str, device: str = "cpu"):
+        self.model_path = Path(model_path)
+        self.name = name
+        self.device = device
+        self._model = None
+        self._tokenizer = None
+
+    def _model_class(self):
+        raise NotImplementedError
+
+    def _dim(self, config) -> int:
+        raise NotImplementedError
+
+    def _load(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights are local
+            from transformers import AutoTokenizer
+
+            if not self.model_path.is_dir():
+                raise FileNotFoundError(f"text encoder directory not found: {self.model_path}")
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+            model = self._model_class().from_pretrained(str(self.model_path), local_files_only=True)
+            self._model = model.to(self.device).eval()
+            self.dim = self._dim(self._model.config)
+        return self._tokenizer, self._model
+
+
+class MeanPoolingEncoder(LocalModelEncoder):
     """Any BERT-style model through ``transformers.AutoModel`` with attention-masked mean pooling.
 
     Args:
@@ -61,24 +100,16 @@ class MeanPoolingEncoder(TextEncoder):
     """
 
     def __init__(self, model_path: str | os.PathLike, name: str | None = None, max_length: int = 64, device: str = "cpu"):
-        self.model_path = Path(model_path)
-        self.name = name or f"mean-pooling:{self.model_path.name}"
+        super().__init__(model_path, name or f"mean-pooling:{Path(model_path).name}", device)
         self.max_length = max_length
-        self.device = device
-        self._model = None
-        self._tokenizer = None
 
-    def _load(self):
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights are local
-            from transformers import AutoModel, AutoTokenizer
+    def _model_class(self):
+        from transformers import AutoModel
 
-            if not self.model_path.is_dir():
-                raise FileNotFoundError(f"text encoder directory not found: {self.model_path}")
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
-            self._model = AutoModel.from_pretrained(str(self.model_path), local_files_only=True).to(self.device).eval()
-            self.dim = int(self._model.config.hidden_size)
-        return self._tokenizer, self._model
+        return AutoModel
+
+    def _dim(self, config) -> int:
+        return int(config.hidden_size)
 
     @property
     def embedding_dim(self) -> int:
@@ -117,7 +148,7 @@ class MiniLMEncoder(MeanPoolingEncoder):
         self.dim = 384
 
 
-class CLIPTextEncoder(TextEncoder):
+class CLIPTextEncoder(LocalModelEncoder):
     """The CLIP text tower through ``transformers`` (``CLIPTextModelWithProjection``): projected, L2-normalised
     ``text_embeds``, as CLIP-driven segmentation models use.
 
@@ -128,24 +159,15 @@ class CLIPTextEncoder(TextEncoder):
     """
 
     def __init__(self, model_path: str | os.PathLike, name: str | None = None, device: str = "cpu"):
-        self.model_path = Path(model_path)
-        self.name = name or f"clip:{self.model_path.name}"
-        self.device = device
-        self._model = None
-        self._tokenizer = None
+        super().__init__(model_path, name or f"clip:{Path(model_path).name}", device)
 
-    def _load(self):
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from transformers import AutoTokenizer, CLIPTextModelWithProjection
+    def _model_class(self):
+        from transformers import CLIPTextModelWithProjection
 
-            if not self.model_path.is_dir():
-                raise FileNotFoundError(f"CLIP model directory not found: {self.model_path}")
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
-            self._model = CLIPTextModelWithProjection.from_pretrained(str(self.model_path), local_files_only=True)
-            self._model = self._model.to(self.device).eval()
-            self.dim = int(self._model.config.projection_dim)
-        return self._tokenizer, self._model
+        return CLIPTextModelWithProjection
+
+    def _dim(self, config) -> int:
+        return int(config.projection_dim)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from textseg.networks import TextFiLMSwinUNETR
+from textseg.networks import FUSIONS, TextSwinUNETR
 
 TINY = dict(in_channels=1, num_classes=3, text_dim=16, feature_size=12, window_size=4, head_channels=8)
 
@@ -10,15 +10,26 @@ CASES = [
     (dict(TINY), (2, 1, 64, 64, 64), (5, 16), (2, 5, 64, 64, 64)),
     (dict(TINY), (1, 1, 64, 96, 64), (1, 4, 16), (1, 4, 64, 96, 64)),
     (dict(TINY), (2, 1, 64, 64, 64), (1, 2, 16), (2, 2, 64, 64, 64)),
-    (dict(TINY, film_stages=(1, 2, 3)), (1, 1, 64, 64, 64), (3, 16), (1, 3, 64, 64, 64)),
-    (dict(TINY, film_stages=(3,)), (1, 1, 96, 64, 64), (1, 16), (1, 1, 96, 64, 64)),
+    (dict(TINY, conditioned_stages=(1, 2, 3)), (1, 1, 64, 64, 64), (3, 16), (1, 3, 64, 64, 64)),
+    (dict(TINY, conditioned_stages=(3,)), (1, 1, 96, 64, 64), (1, 16), (1, 1, 96, 64, 64)),
     (dict(TINY, in_channels=2), (1, 2, 64, 64, 64), (2, 16), (1, 2, 64, 64, 64)),
+    (dict(TINY, fusion="concat"), (2, 1, 64, 64, 64), (1, 3, 16), (2, 3, 64, 64, 64)),
+    (dict(TINY, fusion="cross_attention"), (2, 1, 64, 64, 64), (2, 3, 16), (2, 3, 64, 64, 64)),
+    (dict(TINY, fusion="cross_attention", conditioned_stages=(2, 3)), (1, 1, 64, 64, 96), (4, 16), (1, 4, 64, 64, 96)),
 ]
+
+
+def _randomize_text_path(net):
+    """Fresh fusions start as (near) identities: give their text layers random weights."""
+    with torch.no_grad():
+        for name, p in net.fusion.named_parameters():
+            if "film" in name or "text_weights" in name:
+                p.normal_(0, 0.5)
 
 
 @pytest.mark.parametrize("kwargs,image_shape,text_shape,expected", CASES)
 def test_output_shape(kwargs, image_shape, text_shape, expected):
-    net = TextFiLMSwinUNETR(**kwargs).eval()
+    net = TextSwinUNETR(**kwargs).eval()
     with torch.no_grad():
         out = net(torch.rand(image_shape), torch.randn(text_shape))
     assert out.shape == expected
@@ -26,7 +37,7 @@ def test_output_shape(kwargs, image_shape, text_shape, expected):
 
 def test_default_prompts_are_the_class_embeddings():
     torch.manual_seed(0)
-    net = TextFiLMSwinUNETR(**TINY).eval()
+    net = TextSwinUNETR(**TINY).eval()
     embeddings = torch.randn(3, 16)
     net.set_class_embeddings(embeddings)
     x = torch.rand(1, 1, 64, 64, 64)
@@ -37,13 +48,12 @@ def test_default_prompts_are_the_class_embeddings():
         net.set_class_embeddings(torch.randn(4, 16))
 
 
-def test_prompts_are_answered_independently():
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_prompts_are_answered_independently(fusion):
     """Each output channel depends only on its own prompt: the K prompts share one image pass."""
     torch.manual_seed(0)
-    net = TextFiLMSwinUNETR(**TINY).eval()
-    with torch.no_grad():  # make FiLM non-trivial (it starts as identity)
-        for p in net.film.to_film.parameters():
-            p.normal_(0, 0.5)
+    net = TextSwinUNETR(**TINY, fusion=fusion).eval()
+    _randomize_text_path(net)
     x = torch.rand(1, 1, 64, 64, 64)
     a, b = torch.randn(1, 16), torch.randn(1, 16)
     with torch.no_grad():
@@ -54,14 +64,29 @@ def test_prompts_are_answered_independently():
     assert not torch.allclose(alone, other, atol=1e-3), "different prompts must give different masks"
 
 
-def test_gradients_reach_image_encoder_and_text_adapter():
+def test_cross_attention_modulation_depends_on_the_image():
+    """Unlike FiLM and concatenation, the cross-attention prompt looks at the image before it modulates it."""
     torch.manual_seed(0)
-    net = TextFiLMSwinUNETR(**TINY)
+    net = TextSwinUNETR(**TINY, fusion="cross_attention").eval()
+    _randomize_text_path(net)
+    text = torch.randn(1, 2, 16)
+    with torch.no_grad():
+        features = [torch.randn(1, 8, 4, 4, 4)]
+        first = net.fusion.modulations(text, features * 3)
+        second = net.fusion.modulations(text, [features[0] * 0 + 1.0] * 3)
+    assert not torch.allclose(first[0][0], second[0][0], atol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_gradients_reach_image_encoder_and_text_adapter(fusion):
+    torch.manual_seed(0)
+    net = TextSwinUNETR(**TINY, fusion=fusion)
+    _randomize_text_path(net)
     out = net(torch.rand(2, 1, 64, 64, 64), torch.randn(2, 16))
     out.square().mean().backward()
     missing = [name for name, p in net.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert not missing, f"no gradient for {missing}"
-    assert net.film.to_film.weight.grad.abs().sum() > 0
+    assert net.fusion.adapter[0].weight.grad.abs().sum() > 0
     assert net.backbone.swinViT.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
@@ -76,18 +101,22 @@ def test_gradients_reach_image_encoder_and_text_adapter():
     ],
 )
 def test_bad_input_is_named(image_shape, text_shape, match):
-    net = TextFiLMSwinUNETR(**TINY).eval()
+    net = TextSwinUNETR(**TINY).eval()
     with pytest.raises(ValueError, match=match):
         net(torch.rand(image_shape), torch.randn(text_shape))
 
 
-def test_bad_stages():
-    with pytest.raises(ValueError, match="film_stages"):
-        TextFiLMSwinUNETR(**TINY, film_stages=(4,))
+def test_bad_stages_and_fusion():
+    with pytest.raises(ValueError, match="conditioned_stages"):
+        TextSwinUNETR(**TINY, conditioned_stages=(4,))
+    with pytest.raises(ValueError, match="unknown fusion 'sum'"):
+        TextSwinUNETR(**TINY, fusion="sum")
 
 
-def test_torchscript_trace_round_trip(tmp_path):
-    net = TextFiLMSwinUNETR(**TINY).eval()
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_torchscript_trace_round_trip(fusion, tmp_path):
+    net = TextSwinUNETR(**TINY, fusion=fusion).eval()
+    _randomize_text_path(net)
     net.set_class_embeddings(torch.randn(3, 16))
     x = torch.rand(1, 1, 64, 64, 64)
     traced = torch.jit.trace(net, x)

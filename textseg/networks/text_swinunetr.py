@@ -1,4 +1,4 @@
-"""SwinUNETR conditioned on text embeddings by FiLM, answering many prompts in one image pass."""
+"""SwinUNETR conditioned on text embeddings (FiLM, concatenation or cross-attention), answering many prompts in one image pass."""
 
 from __future__ import annotations
 
@@ -9,49 +9,20 @@ import torch.nn.functional as F
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
-__all__ = ["FiLMGenerator", "TextFiLMSwinUNETR"]
+from .fusion import FUSIONS, make_fusion
+
+__all__ = ["TextSwinUNETR"]
 
 
-class FiLMGenerator(nn.Module):
-    """Text adapter that maps a prompt embedding to per-channel FiLM parameters for several stages.
-
-    ``gamma = 1 + dgamma`` so that a freshly initialised generator leaves features unchanged.
-
-    Args:
-        text_dim: size D of the text embedding.
-        channels: number of feature channels C_s of every conditioned stage.
-        hidden_dim: width of the adapter's hidden layer.
-    """
-
-    def __init__(self, text_dim: int, channels: Sequence[int], hidden_dim: int = 256) -> None:
-        super().__init__()
-        self.channels = tuple(int(c) for c in channels)
-        self.adapter = nn.Sequential(nn.Linear(text_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU())
-        self.to_film = nn.Linear(hidden_dim, 2 * sum(self.channels))
-        nn.init.zeros_(self.to_film.weight)
-        nn.init.zeros_(self.to_film.bias)
-
-    def forward(self, text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """
-        Args:
-            text: prompt embeddings, shape [..., D].
-
-        Returns:
-            one ``(gamma, beta)`` pair per stage, each of shape [..., C_s].
-        """
-        params = self.to_film(self.adapter(text))
-        gammas, betas = params.split(sum(self.channels), dim=-1)
-        return [(1.0 + g, b) for g, b in zip(gammas.split(self.channels, -1), betas.split(self.channels, -1))]
-
-
-class TextFiLMSwinUNETR(nn.Module):
-    """MONAI SwinUNETR whose decoder features are modulated by text (FiLM), one mask logit per prompt.
+class TextSwinUNETR(nn.Module):
+    """MONAI SwinUNETR whose decoder features are conditioned on text, one mask logit per prompt.
 
     The image encoder and the shared decoder run once per image; only a light head runs per prompt.
     At each conditioned decoder stage ``s`` the features are projected to ``head_channels`` channels
-    (once), modulated per prompt ``k`` with ``relu(gamma_ks * P_s + beta_ks)``, reduced to one logit
-    map, upsampled to the input size and summed over stages. The cost of K prompts is therefore
-    almost that of one.
+    and transformed by the fusion (once: ``F_s``); prompt ``k`` then gets
+    ``relu(scale_ks * F_s + shift_ks)`` (see :mod:`textseg.networks.fusion` for how each fusion makes
+    ``scale``/``shift`` from the text), reduced to one logit map by a shared readout, upsampled to the
+    input size and summed over stages. The cost of K prompts is therefore almost that of one.
 
     Prompts are given as text embeddings (see :mod:`textseg.text`). When ``text_embedding`` is omitted
     the network answers every class it was trained on, whose embeddings it keeps in the buffer
@@ -61,20 +32,21 @@ class TextFiLMSwinUNETR(nn.Module):
         in_channels: number of image channels.
         num_classes: number of classes stored in ``class_embeddings`` (the default prompts).
         text_dim: size of the text embedding.
+        fusion: how text conditions the image features: ``"film"``, ``"concat"`` or ``"cross_attention"``.
         feature_size: SwinUNETR feature size (multiple of 12).
         depths: Swin transformer depths per stage.
         num_heads: Swin transformer heads per stage.
         window_size: Swin attention window (7 as in the paper; 4 is ~3x faster on CPU at 64^3).
         head_channels: channels of the per-prompt head at every stage.
-        film_stages: which decoder stages are conditioned: 0 = full resolution, 1 = 1/2, 2 = 1/4, 3 = 1/8.
-        adapter_dim: width of the text adapter.
+        conditioned_stages: which decoder stages are conditioned: 0 = full resolution, 1 = 1/2, 2 = 1/4, 3 = 1/8.
+        adapter_dim: width of the trainable text adapter.
         drop_rate: dropout in the Swin encoder (also used by MC-dropout).
         use_checkpoint: gradient checkpointing in the Swin encoder.
         spatial_dims: 2 or 3.
 
     Example::
 
-        net = TextFiLMSwinUNETR(in_channels=1, num_classes=3, text_dim=384, feature_size=12)
+        net = TextSwinUNETR(in_channels=1, num_classes=3, text_dim=384, feature_size=12, fusion="concat")
         logits = net(torch.rand(2, 1, 64, 64, 64), torch.rand(5, 384))  # [2, 5, 64, 64, 64]
     """
 
@@ -83,24 +55,28 @@ class TextFiLMSwinUNETR(nn.Module):
         in_channels: int = 1,
         num_classes: int = 1,
         text_dim: int = 384,
+        fusion: str = "film",
         feature_size: int = 48,
         depths: Sequence[int] = (2, 2, 2, 2),
         num_heads: Sequence[int] = (3, 6, 12, 24),
         window_size: int = 7,
         head_channels: int = 32,
-        film_stages: Sequence[int] = (0, 1, 2, 3),
+        conditioned_stages: Sequence[int] = (0, 1, 2, 3),
         adapter_dim: int = 256,
         drop_rate: float = 0.0,
         use_checkpoint: bool = False,
         spatial_dims: int = 3,
     ) -> None:
         super().__init__()
-        if not film_stages or any(s not in (0, 1, 2, 3) for s in film_stages):
-            raise ValueError(f"film_stages must be a non-empty subset of (0, 1, 2, 3), got {tuple(film_stages)}.")
+        if not conditioned_stages or any(s not in (0, 1, 2, 3) for s in conditioned_stages):
+            raise ValueError(f"conditioned_stages must be a non-empty subset of (0, 1, 2, 3), got {tuple(conditioned_stages)}.")
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}.")
         self.in_channels = in_channels
         self.text_dim = text_dim
         self.spatial_dims = spatial_dims
-        self.film_stages = tuple(sorted(set(film_stages)))
+        self.fusion_name = fusion
+        self.conditioned_stages = tuple(sorted(set(conditioned_stages)))
         self.backbone = SwinUNETR(
             in_channels=in_channels,
             out_channels=1,  # the backbone's own 1x1 output layer is unused; the text heads replace it
@@ -114,20 +90,20 @@ class TextFiLMSwinUNETR(nn.Module):
         )
         del self.backbone.out
         # decoder stages above the finest conditioned one are never run: drop them so that DDP sees no unused parameters
-        unconditioned = [("decoder1", "encoder1"), ("decoder2", "encoder2"), ("decoder3", "encoder3")][: min(self.film_stages)]
+        unconditioned = [("decoder1", "encoder1"), ("decoder2", "encoder2"), ("decoder3", "encoder3")][: min(self.conditioned_stages)]
         for names in unconditioned:
             for name in names:
                 delattr(self.backbone, name)
         stage_channels = {0: feature_size, 1: feature_size, 2: 2 * feature_size, 3: 4 * feature_size}
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        self.projections = nn.ModuleList([conv(stage_channels[s], head_channels, 1) for s in self.film_stages])
-        self.film = FiLMGenerator(text_dim, [head_channels] * len(self.film_stages), adapter_dim)
-        self.readout = nn.Parameter(torch.randn(len(self.film_stages), head_channels) / head_channels**0.5)
+        self.projections = nn.ModuleList([conv(stage_channels[s], head_channels, 1) for s in self.conditioned_stages])
+        self.fusion = make_fusion(fusion, text_dim, [head_channels] * len(self.conditioned_stages), adapter_dim)
+        self.readout = nn.Parameter(torch.randn(len(self.conditioned_stages), head_channels) / head_channels**0.5)
         self.readout_bias = nn.Parameter(torch.zeros(1))
         self.register_buffer("class_embeddings", torch.zeros(num_classes, text_dim))
 
     @torch.no_grad()
-    def set_class_embeddings(self, embeddings: torch.Tensor) -> TextFiLMSwinUNETR:
+    def set_class_embeddings(self, embeddings: torch.Tensor) -> TextSwinUNETR:
         """Store the default prompts' embeddings, shape [num_classes, D]; returns ``self`` for config chaining."""
         embeddings = torch.as_tensor(embeddings, dtype=self.class_embeddings.dtype)
         if embeddings.shape != self.class_embeddings.shape:
@@ -161,13 +137,14 @@ class TextFiLMSwinUNETR(nn.Module):
         dec3 = net.decoder5(net.encoder10(hidden[4]), hidden[3])
         stages = {3: net.decoder4(dec3, enc3)}
         # the higher-resolution stages cost most on CPU: compute them only when conditioned
-        if min(self.film_stages) <= 2:
+        finest = min(self.conditioned_stages)
+        if finest <= 2:
             stages[2] = net.decoder3(stages[3], net.encoder3(hidden[1]))
-        if min(self.film_stages) <= 1:
+        if finest <= 1:
             stages[1] = net.decoder2(stages[2], net.encoder2(hidden[0]))
-        if min(self.film_stages) == 0:
+        if finest == 0:
             stages[0] = net.decoder1(stages[1], net.encoder1(x))
-        return {s: stages[s] for s in self.film_stages}
+        return {s: stages[s] for s in self.conditioned_stages}
 
     def forward(self, x: torch.Tensor, text_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -191,18 +168,21 @@ class TextFiLMSwinUNETR(nn.Module):
             raise ValueError(f"text_embedding batch {text_embedding.shape[0]} does not match the image batch {batch}.")
         text_embedding = text_embedding.to(dtype=x.dtype, device=x.device).expand(batch, -1, -1)
         num_prompts = text_embedding.shape[1]
-        film = self.film(text_embedding)  # per stage: ([B, K, H], [B, K, H])
         features = self.decoder_features(x)
-        projected = [proj(features[s]) for proj, s in zip(self.projections, self.film_stages)]
+        shared = [
+            self.fusion.image_features(i, proj(features[s])) for i, (proj, s) in enumerate(zip(self.projections, self.conditioned_stages))
+        ]
+        modulations = self.fusion.modulations(text_embedding, shared)  # per stage: (scale | None, shift), [B, K, H]
         size = x.shape[2:]
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
         view = (batch, -1) + (1,) * self.spatial_dims
         logits = []
-        for k in range(num_prompts):
+        for k in range(num_prompts):  # a loop, not a batch: K full-resolution feature maps would not fit in memory
             total = self.readout_bias.expand(1)
-            for i, s in enumerate(self.film_stages):
-                gamma, beta = film[i]
-                modulated = torch.relu(gamma[:, k].reshape(view) * projected[i] + beta[:, k].reshape(view))
+            for i, s in enumerate(self.conditioned_stages):
+                scale, shift = modulations[i]
+                modulated = shared[i] if scale is None else scale[:, k].reshape(view) * shared[i]
+                modulated = torch.relu(modulated + shift[:, k].reshape(view))
                 stage_logit = torch.einsum("bc...,c->b...", modulated, self.readout[i]).unsqueeze(1)
                 if s:
                     stage_logit = F.interpolate(stage_logit, size=size, mode=mode, align_corners=False)
