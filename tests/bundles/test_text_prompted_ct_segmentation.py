@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,12 @@ from conftest import BUNDLE_DIR, REPO_ROOT, bundle_configs as _config_list  # te
 
 META_SCHEMA = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 CONFIGS = BUNDLE_DIR / "configs"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def monai_bundle(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -146,19 +153,21 @@ def test_ckpt_export_traces_the_network(trained_bundle, tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_gpu_config_trains_with_two_processes(tiny_phantom, tmp_path):
-    """torchrun + DistributedDataParallel with the gloo backend: 2 CPU processes, 1 epoch."""
+@pytest.mark.parametrize("fusion_overlays,checkpoint", [((), "model_tiny.pt"), (("fusion_concat.json",), "model_concat.pt"),
+                                                        (("fusion_cross_attention.json",), "model_cross_attention.pt")])
+def test_multi_gpu_config_trains_with_two_processes(tiny_phantom, tmp_path, fusion_overlays, checkpoint):
+    """torchrun + DistributedDataParallel with the gloo backend: 2 CPU processes, 1 epoch, for every fusion."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "monai.bundle", "run",
-         "--config_file", _config_list("train.json", "multi_gpu_train.json", "tiny.json"),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "monai.bundle", "run",
+         "--config_file", _config_list("train.json", "multi_gpu_train.json", "tiny.json", *fusion_overlays),
          "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
          "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval"),
          "--epochs", "1", "--val_interval", "1", "--num_val", "2", "--crops_per_image", "1", "--num_workers", "0"],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert result.returncode == 0, result.stderr[-6000:]
-    state = torch.load(tmp_path / "model_tiny.pt", map_location="cpu", weights_only=True)
+    state = torch.load(tmp_path / checkpoint, map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "checkpoint must hold the bare network, not the DDP wrapper"
 
 

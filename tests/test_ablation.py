@@ -1,0 +1,34 @@
+import json
+import math
+
+import pytest
+
+from textseg.ablation import ablation_markdown, run_fusion_ablation
+
+from conftest import BUNDLE_DIR
+
+
+@pytest.mark.slow
+def test_ablation_trains_and_scores_every_fusion(tmp_path):
+    results = run_fusion_ablation(
+        tmp_path / "out", data_dir=tmp_path / "data", num_train=3, num_test=1, epochs=1, bundle_dir=BUNDLE_DIR
+    )
+    assert set(results["fusions"]) == {"film", "concat", "cross_attention"}
+    parameters = {f: r["parameters"] for f, r in results["fusions"].items()}
+    assert len(set(parameters.values())) == 3, f"the fusions must be different networks: {parameters}"
+    for fusion, r in results["fusions"].items():
+        assert (tmp_path / "out" / fusion / "evaluation" / "per_structure.csv").exists()
+        dice = r["mean"]["val_mean_dice"]
+        assert math.isnan(dice) or 0.0 <= dice <= 1.0
+        assert len(r["structures"]) == 10
+    checkpoints = sorted(p.name for p in (tmp_path / "out").rglob("*.pt"))
+    assert checkpoints == ["model_concat.pt", "model_cross_attention.pt", "model_tiny.pt"]
+    assert json.loads((tmp_path / "out" / "ablation.json").read_text()) == json.loads(json.dumps(results))
+    table = (tmp_path / "out" / "ablation.md").read_text()
+    assert table == ablation_markdown(results) and "| cross_attention |" in table
+    assert (tmp_path / "out" / "ablation.png").stat().st_size > 10_000
+
+
+def test_ablation_refuses_unknown_fusion(tmp_path):
+    with pytest.raises(ValueError, match="unknown fusion"):
+        run_fusion_ablation(tmp_path, fusions=["sum"], data_dir=tmp_path / "data")
