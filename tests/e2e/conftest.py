@@ -1,0 +1,75 @@
+"""Orthanc (Debian) loaded with phantom DICOM, and the textseg app serving it over DICOMweb, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APP_DIR = REPO_ROOT / "apps" / "textseg_app"
+ARTIFACTS = REPO_ROOT / "data" / "artifacts"  # data/ is gitignored
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _require(binary_present: bool, what: str) -> None:
+    if binary_present:
+        return
+    message = f"{what} is not installed (Debian: apt-get install -y orthanc orthanc-dicomweb chromium; .ci/run installs them)"
+    if os.environ.get("CI"):
+        pytest.fail(message + " - in CI it must be installed")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """Orthanc with the DICOMweb plugin on a free port, holding two 64^3 phantom CT series."""
+    from textseg.app_support import ORTHANC_BINARY, ORTHANC_DICOMWEB_PLUGIN, OrthancServer
+    from textseg.dicom import write_ct_series
+    from textseg.phantom import make_phantom
+
+    _require(Path(ORTHANC_BINARY).exists() and Path(ORTHANC_DICOMWEB_PLUGIN).exists(), "Orthanc with its DICOMweb plugin")
+    work = tmp_path_factory.mktemp("orthanc")
+    with OrthancServer(work / "server") as server:
+        server.series = {}
+        for seed in (31, 32):
+            case = make_phantom(seed, shape=(64, 64, 64), spacing=(5.3, 4.4, 5.6))
+            files = write_ct_series(case.image, case.affine, work / f"dicom_{seed}", patient_id=f"TEXTSEG{seed:04d}")
+            server.upload(files)
+            import pydicom
+
+            server.series[pydicom.dcmread(str(files[0]), stop_before_pixels=True).SeriesInstanceUID] = case
+        yield server
+
+
+@pytest.fixture(scope="session")
+def e2e_checkpoint(trained_bundle, tmp_path_factory) -> Path:
+    """A private copy of the tiny checkpoint."""
+    path = tmp_path_factory.mktemp("e2e-model") / "model_tiny.pt"
+    shutil.copy2(trained_bundle / "model_tiny.pt", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dicomweb_server(orthanc, e2e_checkpoint, tmp_path_factory):
+    """The textseg app started with ``--studies http://127.0.0.1:<orthanc>/dicom-web``."""
+    from textseg.app_support import MonaiLabelServer
+
+    work = tmp_path_factory.mktemp("dicomweb-server")
+    server = MonaiLabelServer(
+        APP_DIR, orthanc.dicomweb_url,
+        conf={"models": "text_prompt,all_structures", "bundle_overlay": "tiny", "checkpoint": str(e2e_checkpoint)},
+        log=work / "server.log",
+        env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache"), "MONAI_LABEL_DATASTORE_CACHE_PATH": str(work / "cache"),
+             "MONAI_LABEL_SESSION_PATH": str(work / "sessions")},
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    _require(CHROMIUM is not None, "chromium")
+    return CHROMIUM

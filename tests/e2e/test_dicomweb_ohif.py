@@ -1,0 +1,84 @@
+"""End to end: Orthanc (DICOMweb) -> textseg app -> DICOM SEG back in Orthanc; OHIF in headless Chromium."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monailabel.client import MONAILabelClient
+
+from textseg.dicom import read_dicom_seg
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "data" / "artifacts"  # data/ is gitignored
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,800", "--virtual-time-budget=15000"]
+
+
+@pytest.fixture(scope="module")
+def dw_client(dicomweb_server, tmp_path_factory):
+    return MONAILabelClient(dicomweb_server.url, tmpdir=str(tmp_path_factory.mktemp("dw-client")))
+
+
+def test_datastore_lists_the_orthanc_series(dw_client, orthanc):
+    sample = dw_client.next_sample("random", {})
+    assert sample["id"] in orthanc.series
+    assert sample["Modality"] == "CT"
+
+
+def test_infer_on_an_orthanc_series_and_save_the_label_as_dicom_seg(dw_client, orthanc, tmp_path):
+    series_uid = sorted(orthanc.series)[0]
+    case = orthanc.series[series_uid]
+    path, params = dw_client.infer("text_prompt", series_uid, {"prompt": "segment the liver and the right kidney"})
+    assert params["label_names"] == {"liver": 5, "kidney_right": 2}
+    result = nib.load(path)
+    assert result.shape[:3] == case.image.shape
+    # same world grid as the phantom the series was written from (DICOM LPS <-> NIfTI RAS handled)
+    corners = [np.array([i, j, k, 1.0]) for i in (0, 63) for j in (0, 63) for k in (0, 63)]
+    assert sorted(tuple(np.round((result.affine @ c)[:3], 2)) for c in corners) == \
+        sorted(tuple(np.round((case.affine @ c)[:3], 2)) for c in corners)
+
+    # an annotator's label: liver and right kidney blocks, saved as final -> DICOM SEG in Orthanc
+    label = np.zeros(result.shape[:3], dtype=np.int16)
+    label[10:20, 10:20, 10:20] = 5
+    label[30:35, 30:35, 30:35] = 2
+    label_path = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(label, result.affine), str(label_path))
+    before = {s["0020000E"]["Value"][0] for s in orthanc.get_json("/dicom-web/series?Modality=SEG")}
+    dw_client.save_label(series_uid, str(label_path), "final", {})
+    segs = [s for s in orthanc.get_json("/dicom-web/series?Modality=SEG") if s["0020000E"]["Value"][0] not in before]
+    assert len(segs) == 1
+    seg_series = segs[0]["0020000E"]["Value"][0]
+    (instance,) = [i for s in orthanc.get_json("/series?expand") if s["MainDicomTags"]["SeriesInstanceUID"] == seg_series
+                   for i in s["Instances"]]
+    seg_file = tmp_path / "seg.dcm"
+    with urllib.request.urlopen(f"{orthanc.url}/instances/{instance}/file", timeout=30) as r:
+        seg_file.write_bytes(r.read())
+    segments, referenced = read_dicom_seg(seg_file)
+    assert referenced == series_uid
+    assert {s.label: s.voxels for s in segments} == {"kidney_right": 125, "liver": 1000}
+
+
+def _chromium(chromium, *args, timeout=120) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                              text=True, timeout=timeout)
+
+
+def test_ohif_renders_and_lists_the_orthanc_study(chromium, dicomweb_server, orthanc, tmp_path):
+    url = f"{dicomweb_server.url}/ohif/"
+    dom = _chromium(chromium, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Study List" in dom.stdout
+    for case_id in ("TEXTSEG0031", "TEXTSEG0032"):
+        assert case_id in dom.stdout, "the Orthanc study is not listed in OHIF"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "ohif_study_list.png"
+    out = _chromium(chromium, f"--screenshot={shot}", url)
+    assert out.returncode == 0 and shot.stat().st_size > 10_000, out.stderr[-2000:]
