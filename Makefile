@@ -25,3 +25,18 @@ test: setup
 
 clean-outputs:
 	rm -rf outputs
+
+# MONAI Label app (README: "MONAI Label app"): phantom studies (or STUDIES=folder or DICOMweb URL) on 127.0.0.1.
+STUDIES ?= data/serve/studies
+CHECKPOINT ?= bundles/text_prompted_ct_segmentation/models/model_tiny.pt
+PORT ?= 8000
+MODELS ?= text_prompt,all_structures
+
+serve: setup
+	@test -f "$(CHECKPOINT)" || { echo "make serve: no trained checkpoint at $(CHECKPOINT)."; \
+	  echo "  Run 'make demo' first (trains the tiny bundle on phantoms, about 12 minutes on a CPU, and writes it there),"; \
+	  echo "  or pass CHECKPOINT=/path/to/model.pt (with the matching bundle overlay)."; exit 1; }
+	@case "$(STUDIES)" in http*) ;; data/serve/studies) HF_HUB_OFFLINE=1 $(BIN)/python -m textseg.app_support prepare-studies $(STUDIES) >/dev/null ;; esac
+	PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/monailabel start_server --app apps/textseg_app \
+	  --studies "$(STUDIES)" --conf models $(MODELS) --conf bundle_overlay tiny --conf checkpoint "$(CHECKPOINT)" \
+	  --host 127.0.0.1 --port $(PORT)

@@ -25,6 +25,7 @@ __all__ = [
     "free_port",
     "MonaiLabelServer",
     "OrthancServer",
+    "prepare_phantom_studies",
 ]
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -336,3 +337,61 @@ class OrthancServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def prepare_phantom_studies(out_dir: str | os.PathLike, num: int = 2, seed: int = 900, dicom_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Phantom CT studies for serving: ``num`` NIfTI volumes in ``out_dir`` (kept when present), and
+    optionally the same volumes as DICOM series under ``dicom_dir`` (one folder each)."""
+    from textseg.dicom import write_ct_series
+    from textseg.phantom import make_phantom
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(num):
+        path = out_dir / f"phantom_{seed + i:04d}.nii.gz"
+        case = None
+        if not path.exists():
+            case = make_phantom(seed + i)
+            case.save(path, out_dir.parent / f"{out_dir.name}_labels" / path.name)
+        if dicom_dir is not None and not (Path(dicom_dir) / path.name.replace(".nii.gz", "")).exists():
+            img = nib.load(str(path))
+            write_ct_series(np.asarray(img.dataobj, dtype=np.float32), img.affine, Path(dicom_dir) / path.name.replace(".nii.gz", ""),
+                            patient_id=f"PHANTOM{seed + i:04d}")
+        paths.append(path)
+    return paths
+
+
+def _main(argv=None) -> int:
+    """``python -m textseg.app_support prepare-studies DIR`` | ``orthanc --studies DIR [--port 8042]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m textseg.app_support", description=_main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare-studies", help="write phantom CT studies (NIfTI) for `make serve`")
+    p.add_argument("out_dir")
+    p.add_argument("--num", type=int, default=2)
+    o = sub.add_parser("orthanc", help="run Debian's Orthanc on 127.0.0.1 loaded with DICOM made from phantom studies")
+    o.add_argument("--studies", default="data/serve/studies")
+    o.add_argument("--port", type=int, default=8042)
+    o.add_argument("--work", default="data/serve/orthanc")
+    args = parser.parse_args(argv)
+    if args.command == "prepare-studies":
+        for path in prepare_phantom_studies(args.out_dir, args.num):
+            print(path)
+        return 0
+    dicom = Path(args.work) / "dicom"
+    prepare_phantom_studies(args.studies, dicom_dir=dicom)
+    with OrthancServer(Path(args.work) / "server", port=args.port) as server:
+        for folder in sorted(p for p in dicom.iterdir() if p.is_dir()):
+            server.upload(sorted(folder.glob("*.dcm")))
+        print(f"Orthanc DICOMweb at {server.dicomweb_url} (Ctrl-C stops it); serve with: make serve STUDIES={server.dicomweb_url}", flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
