@@ -1,0 +1,49 @@
+"""Active learning for text-prompted 3D segmentation: query strategies, scoring with the text-conditioned
+network, and a simulation harness (see README, section *Active learning*).
+
+* :mod:`.strategies` -- random, foreground-aware random (nnActive), predictive entropy, MC-dropout BALD,
+  power entropy / PowerBALD and ClaSP PE; one function each, registered by name.
+* :mod:`.scoring` -- class probabilities from the network's per-prompt sigmoids, MC dropout, and
+  :func:`score_image` for applications (MONAI Label).
+* :mod:`.simulation` -- label loops with an oracle, learning curves, AUBC, foreground efficiency, plot.
+"""
+
+from .scoring import enable_mc_dropout, predict_probs, score_image
+from .strategies import (
+    STRATEGIES,
+    Patch,
+    QueryContext,
+    StrategySpec,
+    aggregate_patches,
+    class_entropy,
+    exponential_schedule,
+    expected_entropy,
+    get_strategy,
+    mutual_information,
+    power_noising,
+    predictive_entropy,
+    sigmoid_schedule,
+    sigmoid_to_categorical,
+    whole_image_patch_size,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "Patch",
+    "QueryContext",
+    "StrategySpec",
+    "aggregate_patches",
+    "class_entropy",
+    "enable_mc_dropout",
+    "exponential_schedule",
+    "expected_entropy",
+    "get_strategy",
+    "mutual_information",
+    "power_noising",
+    "predict_probs",
+    "predictive_entropy",
+    "score_image",
+    "sigmoid_schedule",
+    "sigmoid_to_categorical",
+    "whole_image_patch_size",
+]
