@@ -99,7 +99,10 @@ def annotated_structures(label_info: Mapping | None, present_ids: Sequence[int],
         try:
             names.append(vocabulary[name].name)
         except KeyError:
-            continue
+            try:
+                names += vocabulary.lookup(name)  # "right kidney", "kidneys"
+            except KeyError:
+                continue
     if not names:
         names = [vocabulary.by_id(int(i)).name for i in present_ids if int(i) > 0]
     return [n for n in class_names if n in names]

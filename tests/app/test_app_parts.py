@@ -1,0 +1,85 @@
+"""The app's helpers without a server: id and label checks, partial-label bookkeeping, the image_path stash."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import monai
+import nibabel as nib
+import numpy as np
+import pytest
+
+from textseg.app_support import annotated_structures, check_image_id, check_label_file, label_info_for_map
+
+APP_LIB = Path(__file__).resolve().parents[2] / "apps" / "textseg_app" / "lib"
+
+
+def _app_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"textseg_app_{name}", APP_LIB / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "/etc/passwd", "..", ".hidden", "", "a\\b", "x..y"])
+def test_image_ids_with_path_components_are_refused(bad):
+    with pytest.raises(ValueError, match="image id"):
+        check_image_id(bad)
+
+
+def test_plain_ids_pass():
+    assert check_image_id("case_21") == "case_21"
+    assert check_image_id("1.2.826.0.1.3680043.8.498.1") == "1.2.826.0.1.3680043.8.498.1"
+
+
+def test_label_checks(tmp_path):
+    image = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), str(image))
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), 5, np.int16), np.eye(4)), str(good))
+    assert check_label_file(good, image, [5]).shape == (8, 8, 8)
+    with pytest.raises(ValueError, match="not among the model's label ids"):
+        check_label_file(good, image, [1, 2])
+    small = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 8, 8), np.int16), np.eye(4)), str(small))
+    with pytest.raises(ValueError, match="differs from the image's shape"):
+        check_label_file(small, image)
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable NIfTI"):
+        check_label_file(corrupt, image)
+
+
+def test_partial_labels_declared_or_present():
+    classes = ["spleen", "kidney_right", "liver"]
+    # declared by the client (names, OHIF's label_info, or label_names) - absent ones stay unknown otherwise
+    assert annotated_structures({"annotated": ["liver", "spleen"]}, [5], classes) == ["spleen", "liver"]
+    assert annotated_structures({"label_info": [{"name": "liver"}]}, [], classes) == ["liver"]
+    assert annotated_structures({"label_names": {"right kidney": 2}}, [], classes) == ["kidney_right"]
+    assert annotated_structures({}, [0, 5, 2], classes) == ["kidney_right", "liver"]
+
+
+def test_dicom_seg_segment_info_follows_sorted_ids():
+    rows = label_info_for_map([0, 5, 2, 5])
+    assert [r["name"] for r in rows] == ["kidney_right", "liver"]
+
+
+def test_stash_lets_spacingd_run_on_monailabel_data(tmp_path):
+    """MONAI Label puts the string ``image_path`` in the data; MONAI 1.6's Spacingd updates ``image_*`` keys."""
+    from monai.transforms import Compose
+
+    from textseg.transforms import ct_transforms
+
+    transforms = _app_module("transforms")
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.int16), np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    data = {"image": str(path), "image_path": str(path)}
+    chain = ct_transforms(pixdim=(4.0, 4.0, 4.0))
+    if tuple(int(v) for v in monai.__version__.split(".")[:2]) >= (1, 6):
+        with pytest.raises((AttributeError, RuntimeError)) as error:  # Compose wraps it in a RuntimeError
+            Compose(chain)(dict(data))
+        assert "'str' object has no attribute 'update'" in repr(error.value.__cause__ or error.value)
+    out = Compose([transforms.StashStringImageKeysd(), *chain, transforms.RestoreStringImageKeysd()])(dict(data))
+    assert out["image_path"] == str(path)
+    assert tuple(out["image"].shape) == (1, 8, 8, 8)
