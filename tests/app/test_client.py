@@ -17,6 +17,8 @@ from monailabel.client.client import MONAILabelClientException
 
 from textseg.vocabulary import load_vocabulary
 
+pytestmark = pytest.mark.slow  # a real server (and Orthanc, Chromium): minutes
+
 CLASS_NAMES = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas", "aorta",
                "inferior_vena_cava", "urinary_bladder"]
 

@@ -14,6 +14,8 @@ from monailabel.client import MONAILabelClient
 
 from textseg.dicom import read_dicom_seg
 
+pytestmark = pytest.mark.slow  # a real server (and Orthanc, Chromium): minutes
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "data" / "artifacts"  # data/ is gitignored
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
