@@ -383,6 +383,12 @@ def _main(argv=None) -> int:
         for path in prepare_phantom_studies(args.out_dir, args.num):
             print(path)
         return 0
+    import signal
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # so the `with` below stops Orthanc (it runs in its own session)
     dicom = Path(args.work) / "dicom"
     prepare_phantom_studies(args.studies, dicom_dir=dicom)
     with OrthancServer(Path(args.work) / "server", port=args.port) as server:
