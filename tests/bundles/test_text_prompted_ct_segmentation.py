@@ -100,11 +100,21 @@ def test_inference_cli_with_prompt_keeps_input_grid(trained_bundle, tiny_phantom
     [
         (["--prompt", "segment the flux capacitor"], ["flux capacitor", "closest"]),
         (["--prompt", "liver", "--text_template", "A photo of a {}"], ["trained with other prompt embeddings"]),
+        (["--prompt", "left lung and liver"], ["not trained on lung_upper_lobe_left", "it segments: spleen"]),
+        (["--prompt", "liver", "--input_image", "{nan_image}"], ["nan.nii.gz", "NaN or infinite"]),
     ],
 )
 def test_inference_cli_refuses_bad_requests(trained_bundle, tiny_phantom, tmp_path, overrides, messages):
-    """An unknown structure, or a text set-up other than the checkpoint's, stops inference before anything is written."""
+    """An unknown or untrained structure, a text set-up other than the checkpoint's, or a NaN image stops inference
+    before anything is written."""
     image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
+    source = nib.load(str(image))
+    array = np.asarray(source.dataobj, dtype=np.float32)
+    array[3, 3, 3] = np.nan
+    nan_image = tmp_path / "inputs" / "nan.nii.gz"
+    nan_image.parent.mkdir()
+    nib.save(nib.Nifti1Image(array, source.affine), str(nan_image))
+    overrides = [o.replace("{nan_image}", str(nan_image)) for o in overrides]
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_list("inference.json", "tiny.json"),
          "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
