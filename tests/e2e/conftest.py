@@ -11,6 +11,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = REPO_ROOT / "apps" / "textseg_app"
 ARTIFACTS = REPO_ROOT / "data" / "artifacts"  # data/ is gitignored
+REAL_CT = REPO_ROOT.parent / "shared" / "data" / "ct" / "example_ct_sm.nii.gz"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -27,8 +28,10 @@ def _require(binary_present: bool, what: str) -> None:
 def orthanc(tmp_path_factory):
     """Orthanc with the DICOMweb plugin on a free port, holding two 64^3 phantom CT series."""
     from textseg.app_support import ORTHANC_BINARY, ORTHANC_DICOMWEB_PLUGIN, OrthancServer
-    from textseg.dicom import write_ct_series
+    from textseg.dicom import nifti_to_ct_series, write_ct_series
     from textseg.phantom import make_phantom
+
+    import pydicom
 
     _require(Path(ORTHANC_BINARY).exists() and Path(ORTHANC_DICOMWEB_PLUGIN).exists(), "Orthanc with its DICOMweb plugin")
     work = tmp_path_factory.mktemp("orthanc")
@@ -38,9 +41,12 @@ def orthanc(tmp_path_factory):
             case = make_phantom(seed, shape=(64, 64, 64), spacing=(5.3, 4.4, 5.6))
             files = write_ct_series(case.image, case.affine, work / f"dicom_{seed}", patient_id=f"TEXTSEG{seed:04d}")
             server.upload(files)
-            import pydicom
-
             server.series[pydicom.dcmread(str(files[0]), stop_before_pixels=True).SeriesInstanceUID] = case
+        server.real_ct = {}
+        if REAL_CT.exists():  # the real CT from ../shared, when this checkout has it
+            files = nifti_to_ct_series(REAL_CT, work / "dicom_real", patient_id="REALCT0001", series_description="real CT")
+            server.upload(files)
+            server.real_ct[pydicom.dcmread(str(files[0]), stop_before_pixels=True).SeriesInstanceUID] = REAL_CT
         yield server
 
 
