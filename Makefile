@@ -7,7 +7,7 @@ PROMPT ?= segment the liver and kidneys
 IMAGE ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test serve clean-outputs
+.PHONY: setup demo test serve simulate clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+# Active-learning simulation (README: "Active learning"); resumable, SIM_ARGS e.g. "--quick" or "--strategies random clasp_pe".
+SIM_ARGS ?=
+
+simulate: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/simulate_active_learning.py $(SIM_ARGS)
 
 clean-outputs:
 	rm -rf outputs

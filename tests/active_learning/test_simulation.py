@@ -162,8 +162,10 @@ def test_score_image_suggests_the_uncertain_region(strategy):
     (x0, y0, z0), (x1, y1, z1) = result["patch_bbox"]
     assert (x1 - x0, y1 - y0, z1 - z0) == (16, 16, 16)
     assert set(result) >= {"score", "rank_score", "patch_bbox", "patch_score", "strategy"}
-    if strategy in ("entropy", "clasp_pe", "power_entropy"):
+    if strategy == "entropy":  # greedy: the patch lies inside the undecided box
         assert 40 <= x0 and x1 <= 60 and 8 <= y0 and y1 <= 28 and 20 <= z0 and z1 <= 40
+    if strategy in ("entropy", "clasp_pe", "power_entropy"):  # power sampling: at least on the box
+        assert x0 < 60 and x1 > 40 and y0 < 28 and y1 > 8 and z0 < 40 and z1 > 20
         assert result["patch_score"] > result["score"] > 0
     if strategy == "bald":  # the stub's samples are identical: no epistemic uncertainty anywhere
         assert result["score"] == pytest.approx(0.0, abs=1e-6)
@@ -191,7 +193,7 @@ def test_predict_probs_with_the_text_network_mc_samples_differ():
     from textseg.active_learning.simulation import build_network
 
     emb = torch.rand(3, 386)
-    net = build_network(3, emb, dict(TINY_NET, drop_rate=0.3))
+    net = build_network(3, emb, dict(TINY_NET, drop_rate=0.3)).eval()
     image = torch.rand(64, 64, 64)
     det = predict_probs(net, image, emb)
     assert det.shape == (1, 4, 64, 64, 64)
@@ -199,7 +201,7 @@ def test_predict_probs_with_the_text_network_mc_samples_differ():
     mc = predict_probs(net, image, emb, mc_samples=2)
     assert mc.shape == (2, 4, 64, 64, 64)
     assert not torch.allclose(mc[0], mc[1])
-    assert not net.training
+    assert not net.training and not any(m.training for m in net.modules())  # modes restored after MC sampling
     # sliding window for a grid the network cannot take whole
     odd = predict_probs(net, torch.rand(70, 64, 40), emb)
     assert odd.shape == (1, 4, 70, 64, 40) and not math.isnan(float(odd.sum()))
