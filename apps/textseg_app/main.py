@@ -128,7 +128,7 @@ class TextSegApp(MONAILabelApp):
             try:
                 task.targets_of(request)
             except (ValueError, UnknownStructureError) as e:
-                raise HTTPException(status_code=400, detail=f"bad prompt: {e.args[0] if e.args else e}") from e
+                raise HTTPException(status_code=400, detail=f"bad prompt: {e}") from e
             if not self.settings.checkpoint.exists():
                 raise HTTPException(status_code=503, detail=self.settings.missing_checkpoint_message())
         try:

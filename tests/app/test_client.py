@@ -72,6 +72,17 @@ def test_structure_selection_and_all_structures_model(client, app_studies):
     _check_label_map(path, app_studies["studies"] / "case_22.nii.gz", {vocabulary[n].id for n in CLASS_NAMES})
 
 
+def test_size_query_reports_only_the_answer_it_kept(client, app_studies):
+    """'the largest organ' needs every organ segmented, but only the answer stays in the map and the response."""
+    try:
+        path, params = client.infer("text_prompt", "case_21", {"prompt": "the largest organ"})
+    except MONAILabelClientException as error:  # a barely trained model may find no organ at all
+        assert _status(error) == 422 and ("no structure was segmented" in error.msg or "no segmented" in error.msg), error.msg
+        return
+    assert len(params["label_names"]) == 1, params["label_names"]
+    _check_label_map(path, app_studies["studies"] / "case_21.nii.gz", set(params["label_names"].values()))
+
+
 def test_next_sample_random_picks_a_datastore_image(client, app_studies):
     sample = client.next_sample("random", {})
     assert sample["id"] in app_studies["ids"]
@@ -99,7 +110,7 @@ def bad_files(tmp_path_factory):
     "case, status, message",
     [
         ("unknown_model", 404, "unknown model 'no_such_model'"),
-        ("bad_prompt", 400, "flux capacitor"),
+        ("bad_prompt", 400, "unknown structure 'flux capacitor'; closest vocabulary terms"),
         ("path_id", 400, "path components"),
         ("absolute_path", 400, "path components"),
         ("missing_image", 404, "not in the datastore"),

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, SaveImaged, SqueezeDimd
@@ -16,7 +18,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from textseg.bundle import bundle_config_files
 from textseg.handlers import embeddings_match
-from textseg.prompts import prompt_structures
+from textseg.prompts import prompt_structures, resolve
 from textseg.vocabulary import load_vocabulary
 
 from lib.settings import AppSettings
@@ -115,6 +117,13 @@ class TextPromptInferTask(BasicInferTask):
         finally:
             self._local.parser = None
         vocabulary = load_vocabulary()
+        resolution = resolve(prompt)
+        if resolution.queries and result_file:
+            # position/size queries ("organ left of the stomach"): report the named structures and the answers
+            # the label map kept, not every candidate the network had to segment
+            present = {int(i) for i in np.unique(np.asarray(nib.load(result_file).dataobj)) if int(i) > 0}
+            answers = [vocabulary.by_id(i).name for i in sorted(present)]
+            targets = resolution.structures + [n for n in answers if n not in resolution.structures]
         table = vocabulary.label_table(targets)
         result_json["prompt"] = prompt
         result_json["targets"] = targets
