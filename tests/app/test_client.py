@@ -135,6 +135,18 @@ def test_bad_infer_requests_answer_4xx_with_a_message(client, app_server, bad_fi
     assert client.info()["models"]  # the server keeps serving
 
 
+def test_uploads_are_checked(client, app_studies, bad_files):
+    for name, message in (("corrupt.nii.gz", "not a readable NIfTI"), ("flat.nii.gz", "2D")):
+        with pytest.raises(MONAILabelClientException) as error:
+            client.upload_image(str(bad_files / name), image_id="bad_upload")
+        assert _status(error.value) == 400 and message in error.value.msg, error.value.msg
+    with pytest.raises(MONAILabelClientException) as error:
+        client.upload_image(str(app_studies["studies"] / "case_21.nii.gz"), image_id="../escaped")
+    assert _status(error.value) == 400 and "path components" in error.value.msg
+    assert "bad_upload" not in client.datastore()["objects"]
+    assert not (app_studies["root"] / "escaped.nii.gz").exists()
+
+
 def test_labels_are_checked_and_versioned(client, app_studies, bad_files):
     with pytest.raises(MONAILabelClientException) as error:
         client.save_label("case_22", str(bad_files / "small_label.nii.gz"), "final")

@@ -69,6 +69,17 @@ class VersionedLocalDatastore(LocalDatastore):
         self.allowed_ids = allowed_ids
         super().__init__(datastore_path, **kwargs)
 
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        """Add an uploaded image after checking its id and that it is a readable 3D volume."""
+        from textseg.segment import check_image_path
+
+        try:
+            check_image_id(image_id)
+            check_image_path(image_filename)
+        except (ValueError, FileNotFoundError) as e:
+            raise HTTPException(status_code=400, detail=str(e)) from e
+        return super().add_image(image_id, image_filename, image_info)
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         _check_label(self, image_id, label_filename, self.allowed_ids)
         label_info = dict(label_info or {})
