@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from textseg.active_learning.simulation import DEFAULT_NETWORK, SimulationConfig, run_simulation  # noqa: E402
+from textseg.active_learning.simulation import DEFAULT_NETWORK, SimulationConfig, report_finished, run_simulation  # noqa: E402
 from textseg.active_learning.strategies import STRATEGIES  # noqa: E402
 
 
@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (2 pool images, 2 rounds, 2 steps)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="write results.json and the plot from the finished runs, train nothing")
     return p.parse_args(argv)
 
 
@@ -83,7 +85,11 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        run_simulation(config_from_args(args), progress=not args.no_progress)
+        config = config_from_args(args)
+        if args.report_only:
+            report_finished(config)
+        else:
+            run_simulation(config, progress=not args.no_progress)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from torch import nn
 
 import textseg.active_learning.simulation as simulation
 from textseg.active_learning import enable_mc_dropout, predict_probs, score_image
-from textseg.active_learning.simulation import SimulationConfig, aubc, foreground_efficiency, run_simulation
+from textseg.active_learning.simulation import SimulationConfig, aubc, foreground_efficiency, report_finished, run_simulation
 
 TINY_NET = {"feature_size": 12, "window_size": 4, "head_channels": 8, "conditioned_stages": [2, 3], "depths": [1, 1, 1, 1], "drop_rate": 0.1}
 
@@ -75,10 +75,13 @@ def test_interrupted_simulation_resumes_with_its_labels(tmp_path, monkeypatch):
     assert "clasp_pe_minus_random" in summary["aubc_margins"]
     assert (out / "learning_curves.png").stat().st_size > 1000
     assert json.loads((out / "results.json").read_text())["summary"]["strategies"]["clasp_pe"]["aubc"]["n"] == 1
-    # a third call finds everything done: no training at all
+    # a third call finds everything done: no training at all; the report alone gives the same summary
     calls.clear()
     run_simulation(config, progress=False, log=None)
     assert calls == []
+    (out / "results.json").unlink()
+    reported = report_finished(config, log=None)
+    assert json.dumps(reported["summary"], sort_keys=True) == json.dumps(results["summary"], sort_keys=True)
 
 
 def test_output_folder_of_another_experiment_is_refused(tmp_path):

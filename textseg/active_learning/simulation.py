@@ -53,6 +53,7 @@ __all__ = [
     "load_dataset_pool",
     "make_phantom_pool",
     "plot_curves",
+    "report_finished",
     "run_simulation",
     "summarize",
     "train_network",
@@ -758,21 +759,57 @@ def run_simulation(config: SimulationConfig, progress: bool = True, log: Callabl
     finally:
         if bar is not None:
             bar.close()
+    return _write_results(exp.out, config, exp.key, exp.class_names, runs, time.time() - started, log)
+
+
+def _write_results(out: Path, config: SimulationConfig, key: str, class_names, runs, seconds, log) -> dict:
+    runs = {s: r for s, r in runs.items() if r}
+    if not runs:
+        raise ValueError(f"{out} holds no finished run yet.")
     summary = summarize(runs)
     results = {
-        "experiment_key": exp.key,
+        "experiment_key": key,
         "config": dataclasses.asdict(config),
-        "class_names": exp.class_names,
+        "class_names": class_names,
         "summary": summary,
         "runs": {s: {str(k): v for k, v in r.items()} for s, r in runs.items()},
-        "seconds": round(time.time() - started, 1),
+        "seconds": None if seconds is None else round(seconds, 1),
     }
-    write_atomic(exp.out / "results.json", _dump(results))
-    plot_curves(runs, exp.out / "learning_curves.png")
+    write_atomic(out / "results.json", _dump(results))
+    plot_curves(runs, out / "learning_curves.png")
     if log is not None:
         log(format_summary(summary))
-        log(f"results: {exp.out / 'results.json'}, plot: {exp.out / 'learning_curves.png'}")
+        log(f"results: {out / 'results.json'}, plot: {out / 'learning_curves.png'}")
     return results
+
+
+def report_finished(config: SimulationConfig, log: Callable[[str], None] | None = print) -> dict:
+    """Write ``results.json`` and the plot from the runs of ``config`` that have finished every round, without
+    training anything (e.g. while the experiment still runs elsewhere, or after it was stopped).
+
+    Raises:
+        ValueError: the folder holds another experiment, or no finished run.
+    """
+    out = Path(config.output_dir)
+    manifest = out / "experiment.json"
+    if not manifest.exists():
+        raise ValueError(f"{out} holds no experiment (no experiment.json).")
+    saved = json.loads(manifest.read_text())
+    if saved.get("experiment_key") != config.experiment_key():
+        raise ValueError(f"{out} holds an experiment with other settings ({manifest}).")
+    runs: dict[str, dict[int, dict]] = {}
+    for name in (get_strategy(s).name for s in config.strategies):
+        runs[name] = {}
+        for seed in config.seeds:
+            start_path, state_path = out / f"seed_{seed}" / "start.json", out / f"seed_{seed}" / name / "state.json"
+            if not (start_path.exists() and state_path.exists()):
+                continue
+            start, state = json.loads(start_path.read_text()), json.loads(state_path.read_text())
+            rounds = state["rounds"][: config.rounds]
+            if start.get("phase") != "done" or len(rounds) < config.rounds or any(r["phase"] != "done" for r in rounds):
+                continue
+            runs[name][seed] = {"curve": [start["point"]] + [r["point"] for r in rounds]}
+    return _write_results(out, config, config.experiment_key(), saved.get("class_names"), runs, None, log)
 
 
 def format_summary(summary: dict) -> str:
