@@ -29,6 +29,7 @@ def _state(out, strategy="clasp_pe", seed=0):
     return json.loads((out / f"seed_{seed}" / strategy / "state.json").read_text())
 
 
+@pytest.mark.slow
 def test_interrupted_simulation_resumes_with_its_labels(tmp_path, monkeypatch):
     """A crash while training round 2 keeps the round-2 patches; the rerun trains only what is missing and
     ends with the same labels, then writes the curves, AUBC, plot."""
@@ -192,6 +193,7 @@ def test_score_image_bad_input(kwargs, message):
         score_image(**args)
 
 
+@pytest.mark.slow
 def test_predict_probs_with_the_text_network_mc_samples_differ():
     from textseg.active_learning.simulation import build_network
 
@@ -208,3 +210,21 @@ def test_predict_probs_with_the_text_network_mc_samples_differ():
     # sliding window for a grid the network cannot take whole
     odd = predict_probs(net, torch.rand(70, 64, 40), emb)
     assert odd.shape == (1, 4, 70, 64, 40) and not math.isnan(float(odd.sum()))
+
+
+def test_pool_from_a_datasets_yaml_entry(tiny_phantom):
+    """The oracle for a datasets.yaml entry: images resampled onto the simulation grid, labels mapped to the
+    prompted classes (here the phantom written as files, like any local dataset copy)."""
+    from textseg.active_learning.simulation import load_dataset_pool
+
+    config = tiny_config("unused", dataset="phantom", dataset_root=str(tiny_phantom), pool_size=2, test_size=1)
+    pool, test = load_dataset_pool(config, list(config.class_names))
+    assert len(pool) == 2 and len(test) == 1
+    for item in pool + test:
+        assert item.image.shape == (64, 64, 64) and item.label.shape == (64, 64, 64)
+        assert 0.0 <= item.image.min() and item.image.max() <= 1.0
+        assert set(np.unique(item.label)) <= {0, 1, 2, 3} and (item.label == 1).sum() > (item.label == 3).sum() > 0
+        assert item.annotated.all()
+    config = tiny_config("unused", dataset="phantom", dataset_root=str(tiny_phantom), pool_size=3, test_size=2)
+    with pytest.raises(ValueError, match="labelled case"):
+        load_dataset_pool(config, list(config.class_names))

@@ -81,8 +81,9 @@ class SimulationConfig:
         strategies: registered strategy names (see :data:`~textseg.active_learning.strategies.STRATEGIES`).
         seeds: one run per strategy and seed; a seed fixes the starting budget, the initial weights and the
             strategies' randomness.
-        dataset: ``"phantom"`` (generated in memory) or a ``datasets.yaml`` entry.
-        dataset_root: local copy of a ``datasets.yaml`` entry.
+        dataset: ``"phantom"`` (generated in memory unless ``dataset_root`` is given) or a ``datasets.yaml`` entry.
+        dataset_root: local copy of a ``datasets.yaml`` entry (for ``"phantom"``: a folder written by
+            ``textseg make-phantom``).
         class_names: vocabulary names to prompt (default: the dataset's labels).
         pool_size: images in the unlabelled pool.
         test_size: held-out images for the Dice curve.
@@ -604,7 +605,7 @@ class _Experiment:
         self.progress = progress
         self.class_names = _class_names(config)
         self.embeddings = _prompt_embeddings(self.class_names, config.text_encoder)
-        if config.dataset == "phantom":
+        if config.dataset == "phantom" and config.dataset_root is None:
             self.pool = make_phantom_pool(config.pool_size, self.class_names, config.image_size, config.data_seed, "pool")
             self.test = make_phantom_pool(config.test_size, self.class_names, config.image_size, config.data_seed, "test")
         else:
