@@ -235,6 +235,13 @@ def test_queries_never_overlap_labelled_voxels_or_each_other(name):
         taken[p.image][p.slices] = True
 
 
+def test_foreground_random_without_any_foreground_falls_back_to_free_patches():
+    ctx = QueryContext(shapes={"a": SHAPE}, patch_size=(16, 16, 16), labels={"a": np.zeros(SHAPE, dtype=np.uint8)},
+                       rng=np.random.default_rng(0))
+    chosen = foreground_random_query(ctx, 4, foreground_ratio=1.0)
+    assert len(chosen) == 4 and len(set(chosen)) == 4
+
+
 def test_same_seed_same_query():
     probs = {"a": _categorical(torch.rand(2, *SHAPE))}
     for name in ("random", "clasp_pe", "power_entropy"):

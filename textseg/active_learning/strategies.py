@@ -561,6 +561,7 @@ def foreground_random_query(ctx: QueryContext, budget: int, foreground_ratio: fl
         if area != "all":
             present = [int(c) for c in np.unique(label) if c > 0]
             if not present:
+                attempts += 1
                 continue  # no foreground in this image: try the next one (as nnActive)
             cls = present[int(ctx.rng.integers(len(present)))]
             region = label == cls
