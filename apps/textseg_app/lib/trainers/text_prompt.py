@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -13,7 +12,7 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.bundle import BundleTrainTask
 
-from textseg.app_support import TrainProgressWriter, annotated_structures, read_progress
+from textseg.app_support import annotated_structures, read_progress
 from textseg.bundle import bundle_config_files, run_bundle
 from textseg.vocabulary import load_vocabulary
 
