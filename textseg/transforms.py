@@ -87,6 +87,8 @@ def ct_transforms(
     pixdim: Sequence[float] = (1.5, 1.5, 2.0),
     hu_range: Sequence[float] = DEFAULT_HU_RANGE,
     axcodes: str = "RAS",
+    canonicalize: bool = False,
+    canonical_kwargs: Mapping | None = None,
 ) -> list:
     """Deterministic CT preprocessing: load, validate, orient, resample, window intensities.
 
@@ -98,6 +100,9 @@ def ct_transforms(
         pixdim: target voxel spacing in mm.
         hu_range: Hounsfield window mapped to [0, 1] (clipped).
         axcodes: target orientation.
+        canonicalize: also estimate and remove the patient's residual rotation from the image
+            (:class:`textseg.canonical.CanonicalizeRotationd`, on HU, after resampling; invertible).
+        canonical_kwargs: more arguments for :class:`~textseg.canonical.CanonicalizeRotationd`.
 
     Returns:
         list of transforms, to be composed with others (``Compose(ct_transforms(...) + [...])``).
@@ -105,14 +110,20 @@ def ct_transforms(
     keys = list(keys)
     all_keys = keys + ([label_key] if label_key else [])
     modes = ["bilinear"] * len(keys) + (["nearest"] if label_key else [])
-    return [
+    chain = [
         LoadImaged(keys=all_keys, ensure_channel_first=True, image_only=True),
         ValidateImaged(keys=keys),
         EnsureTyped(keys=all_keys, dtype=[torch.float32] * len(keys) + ([torch.int16] if label_key else [])),
         Orientationd(keys=all_keys, axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=all_keys, pixdim=tuple(pixdim), mode=modes),
-        ScaleIntensityRanged(keys=keys, a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True),
     ]
+    if canonicalize:
+        from textseg.canonical import CanonicalizeRotationd
+
+        chain.append(CanonicalizeRotationd(keys=all_keys, mode=modes, pad_value=[-1024.0] * len(keys) + ([0.0] if label_key else []),
+                                           **dict(canonical_kwargs or {})))
+    chain.append(ScaleIntensityRanged(keys=keys, a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True))
+    return chain
 
 
 class LabelToChannelsd(MapTransform):
@@ -327,7 +338,8 @@ class AnswerPromptd(MapTransform):
 
     Runs after :class:`ProbabilitiesToLabelMapd` (and after inversion to the input grid): the label map
     holds every structure the prompt needed (:func:`textseg.prompts.prompt_structures`); this keeps the
-    named structures plus each query's answer, chosen in world coordinates from the image affine.
+    named structures plus each query's answer, chosen in world coordinates from the image affine (in the
+    patient's frame when :class:`textseg.canonical.CanonicalizeRotationd` recorded a rotation).
 
     Args:
         keys: label map key(s), [1, *S] vocabulary ids with an ``affine``.
@@ -340,6 +352,7 @@ class AnswerPromptd(MapTransform):
 
     def __call__(self, data: Mapping) -> dict:
         from textseg.prompts import resolve, select_by_query
+        from textseg.canonical import patient_frame_affine
         from textseg.vocabulary import load_vocabulary
 
         resolution = resolve(self.prompt)
@@ -354,7 +367,8 @@ class AnswerPromptd(MapTransform):
             masks = {name: array == vocabulary[name].id for name in present}
             keep = {vocabulary[n].id for n in resolution.structures}
             for query in resolution.queries:
-                name, _ = select_by_query(query, masks, np.asarray(labels.affine), vocabulary)
+                # in the patient's frame when a canonicalization recorded the patient's rotation in the meta
+                name, _ = select_by_query(query, masks, patient_frame_affine(labels), vocabulary)
                 keep.add(vocabulary[name].id)
             kept = torch.as_tensor(np.isin(array, sorted(keep)))[None].to(torch.as_tensor(labels).device)
             d[key] = labels * kept
