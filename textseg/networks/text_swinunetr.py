@@ -43,6 +43,8 @@ class TextSwinUNETR(nn.Module):
         drop_rate: dropout in the Swin encoder (also used by MC-dropout).
         use_checkpoint: gradient checkpointing in the Swin encoder.
         spatial_dims: 2 or 3.
+        spatial_prompts: accept per-prompt guidance volumes (points and boxes, see :mod:`textseg.spatial`);
+            a zero-initialised projection of the guidance joins each prompt's modulation at every stage.
 
     Example::
 
@@ -66,6 +68,7 @@ class TextSwinUNETR(nn.Module):
         drop_rate: float = 0.0,
         use_checkpoint: bool = False,
         spatial_dims: int = 3,
+        spatial_prompts: bool = False,
     ) -> None:
         super().__init__()
         if not conditioned_stages or any(s not in (0, 1, 2, 3) for s in conditioned_stages):
@@ -101,6 +104,14 @@ class TextSwinUNETR(nn.Module):
         self.readout = nn.Parameter(torch.randn(len(self.conditioned_stages), head_channels) / head_channels**0.5)
         self.readout_bias = nn.Parameter(torch.zeros(1))
         self.register_buffer("class_embeddings", torch.zeros(num_classes, text_dim))
+        self.guidance = None
+        if spatial_prompts:
+            from textseg.spatial import GUIDANCE_CHANNELS
+
+            self.guidance = nn.ModuleList([conv(len(GUIDANCE_CHANNELS), head_channels, 1) for _ in self.conditioned_stages])
+            for layer in self.guidance:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     @torch.no_grad()
     def set_class_embeddings(self, embeddings: torch.Tensor) -> TextSwinUNETR:
@@ -146,13 +157,15 @@ class TextSwinUNETR(nn.Module):
             stages[0] = net.decoder1(stages[1], net.encoder1(x))
         return {s: stages[s] for s in self.conditioned_stages}
 
-    def forward(self, x: torch.Tensor, text_embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text_embedding: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             x: image, shape [B, C_in, *S], spatial sizes multiples of 32, at least 64.
             text_embedding: prompt embeddings, shape [K, D] (the same prompts for every image) or
                 [B, K, D] (per image; B may also be 1 and is then broadcast). ``None`` uses
                 ``class_embeddings``.
+            guidance: spatial prompts, [B, K, 3, *S] (see :func:`textseg.spatial.encode_spatial_prompts`;
+                all zero for a prompt without points or box); only with ``spatial_prompts=True``.
 
         Returns:
             mask logits, shape [B, K, *S]; ``sigmoid`` gives one probability map per prompt.
@@ -168,6 +181,13 @@ class TextSwinUNETR(nn.Module):
             raise ValueError(f"text_embedding batch {text_embedding.shape[0]} does not match the image batch {batch}.")
         text_embedding = text_embedding.to(dtype=x.dtype, device=x.device).expand(batch, -1, -1)
         num_prompts = text_embedding.shape[1]
+        if guidance is not None:
+            if self.guidance is None:
+                raise ValueError("this network takes no spatial prompts: build it with spatial_prompts=True.")
+            expected = (batch, num_prompts, self.guidance[0].in_channels, *x.shape[2:])
+            if tuple(guidance.shape) != expected:
+                raise ValueError(f"guidance must have shape {expected} ([B, K, 3, *S]), got {tuple(guidance.shape)}.")
+            guidance = guidance.to(dtype=x.dtype, device=x.device)
         features = self.decoder_features(x)
         shared = [
             self.fusion.image_features(i, proj(features[s])) for i, (proj, s) in enumerate(zip(self.projections, self.conditioned_stages))
@@ -182,7 +202,13 @@ class TextSwinUNETR(nn.Module):
             for i, s in enumerate(self.conditioned_stages):
                 scale, shift = modulations[i]
                 modulated = shared[i] if scale is None else scale[:, k].reshape(view) * shared[i]
-                modulated = torch.relu(modulated + shift[:, k].reshape(view))
+                modulated = modulated + shift[:, k].reshape(view)
+                if guidance is not None:
+                    stage_guidance = guidance[:, k]
+                    if s:
+                        stage_guidance = F.interpolate(stage_guidance, size=shared[i].shape[2:], mode=mode, align_corners=False)
+                    modulated = modulated + self.guidance[i](stage_guidance)
+                modulated = torch.relu(modulated)
                 stage_logit = torch.einsum("bc...,c->b...", modulated, self.readout[i]).unsqueeze(1)
                 if s:
                     stage_logit = F.interpolate(stage_logit, size=size, mode=mode, align_corners=False)
