@@ -35,6 +35,7 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--overlays", nargs="*", default=[], help="bundle overlays, e.g. tiny.json")
     parser.add_argument("--fusion", default="film")
+    parser.add_argument("--sw-batch-size", type=int, default=None, help="override the config's sw_batch_size")
     args = parser.parse_args()
     if not args.image.is_file():
         print(f"image not found: {args.image} (pass --image; the real CT lives in ../shared/data/ct)", file=sys.stderr)
@@ -56,6 +57,8 @@ def main() -> int:
             "--ckpt_path", str(checkpoint), "--input_image", str(args.image.resolve()), "--fusion", args.fusion,
             "--prompt", " and ".join(class_names), "--output_dir", str(Path(work) / "out"), "--device", "$torch.device('cpu')",
         ]
+        if args.sw_batch_size:
+            command += ["--sw_batch_size", str(args.sw_batch_size)]
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
         seconds = time.perf_counter() - started
@@ -63,8 +66,8 @@ def main() -> int:
         print(result.stderr[-4000:], file=sys.stderr)
         return 2
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # kB on Linux
-    roi = config["roi_size"]
-    print(f"{args.image.name}: sliding-window inference on the CPU, {len(class_names)} prompts, windows {roi}, "
+    roi, sw_batch = config["roi_size"], args.sw_batch_size or config["sw_batch_size"]
+    print(f"{args.image.name}: sliding-window inference on the CPU, {len(class_names)} prompts, windows {roi} x {sw_batch}, "
           f"fusion {args.fusion}, overlays {args.overlays or 'none'}: {seconds:.0f} s")
     print(f"peak resident memory {peak_gib:.2f} GiB  (goal <= {GOAL_GIB:.0f} GiB)  ratio {peak_gib / GOAL_GIB:.2f}")
     return 0 if peak_gib <= GOAL_GIB else 1

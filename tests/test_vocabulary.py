@@ -231,3 +231,18 @@ def test_small_vocabulary_from_plain_data():
 def test_default_file_is_packaged_and_cached():
     assert DEFAULT_VOCABULARY_PATH.is_file() and DEFAULT_VOCABULARY_PATH.parent.name == "data"
     assert load_vocabulary() is load_vocabulary(DEFAULT_VOCABULARY_PATH)
+
+
+def test_bundle_classes_have_distinguishable_colours():
+    """Structures shown together (the bundle's classes) must not share a near-identical colour in OHIF/Slicer."""
+    import itertools
+
+    from textseg.bundle import read_config_value
+
+    from conftest import BUNDLE_DIR
+
+    vocab = load_vocabulary()
+    names = read_config_value(BUNDLE_DIR, "inference.json", "class_names")
+    for a, b in itertools.combinations(names, 2):
+        distance = sum((x - y) ** 2 for x, y in zip(vocab[a].color, vocab[b].color)) ** 0.5
+        assert distance >= 30, f"{a} {vocab[a].color} and {b} {vocab[b].color} look alike (RGB distance {distance:.0f})"
