@@ -10,8 +10,8 @@ patient:
   body outline and of the bones most mirror-symmetric (a search over angles). The body outline alone is
   symmetric about both of its axes; the bones (spine, pelvis, ribs) are symmetric only left-right, which
   removes the 90° ambiguity, and the spine lying posterior of the body centre removes the 180° one.
-* **about x and y** (small tilts): the slope of the line through the body's centroid in successive axial
-  slabs (a body axis that drifts forward or sideways along z is a tilted patient).
+* **about x and y** (small tilts): in successive axial slabs, the body's centroid should not drift sideways
+  (left-right symmetry) and its back, which lies on the flat table, should not drift forward or backward.
 
 Conventions (shared with :func:`textseg.phantom.make_phantom`): angles ``(ax, ay, az)`` in degrees,
 ``R = Rz(az) @ Ry(ay) @ Rx(ax)``, and a patient rotated by ``R`` about the centre ``c`` puts the
@@ -238,7 +238,7 @@ def estimate_rotation(
         raise ValueError(f"affine must be 4x4, got shape {affine.shape}.")
     if not np.isfinite(volume).all():
         return RotationEstimate(ok=False, message="the image contains NaN or infinite values")
-    step = np.maximum(1, np.round(resolution_mm / np.maximum(_spacing(affine), 1e-6))).astype(int)
+    step = np.maximum(1, np.ceil(resolution_mm / np.maximum(_spacing(affine), 1e-6) - 1e-6)).astype(int)
     small = volume[:: step[0], :: step[1], :: step[2]]
     small_affine = affine.copy()
     small_affine[:3, :3] = affine[:3, :3] * step[None, :]
@@ -255,13 +255,23 @@ def estimate_rotation(
     messages = []
     bin_mm = max(resolution_mm, 2.0)
 
+    def axial_projection(pts: np.ndarray, half: float) -> tuple[np.ndarray, np.ndarray]:
+        """Points (3, N) -> the non-empty cells of their projection along z, as (M, 2) centres and (M,) weights."""
+        fine = bin_mm / 2.0
+        edges = np.arange(-math.ceil(half / fine), math.ceil(half / fine) + 1) * fine
+        hist, _, _ = np.histogram2d(pts[0], pts[1], bins=(edges, edges))
+        cells = np.argwhere(hist > 0)
+        centres = edges[cells] + fine / 2.0
+        return centres, hist[cells[:, 0], cells[:, 1]]
+
     def yaw_search(pts_body: np.ndarray, pts_bone: np.ndarray, candidates: np.ndarray) -> tuple[float, float]:
         half = float(np.abs(pts_body[:2]).max()) + 2 * bin_mm
+        projections = [axial_projection(pts_body, half)]
+        if pts_bone.shape[1] >= 10:
+            projections.append(axial_projection(pts_bone, half))
         best, best_score = 0.0, -1.0
         for angle in candidates:
-            score = _mirror_score(_projection(pts_body[:2].T, None, angle, half, bin_mm))
-            if pts_bone.shape[1] >= 10:
-                score += _mirror_score(_projection(pts_bone[:2].T, None, angle, half, bin_mm))
+            score = sum(_mirror_score(_projection(xy, w, angle, half, bin_mm)) for xy, w in projections)
             if score > best_score + 1e-9:
                 best, best_score = float(angle), score
         return best, best_score
@@ -292,11 +302,14 @@ def estimate_rotation(
         keep = counts >= 0.5 * np.median(counts)
         if keep.sum() >= 4:
             cx = np.bincount(inverse, q[0])[keep] / counts[keep]
-            cy = np.bincount(inverse, q[1])[keep] / counts[keep]
             cz = np.bincount(inverse, q[2])[keep] / counts[keep]
+            # the back lies on the (flat) table: its posterior extent, not the belly, sets the front-back tilt
+            order = np.argsort(inverse, kind="stable")
+            groups = np.split(q[1][order], np.cumsum(counts)[:-1])
+            back = np.array([np.percentile(g, 2.0) for g in groups])[keep]
             w = counts[keep].astype(np.float64)
             ay = math.degrees(math.atan(_line_slope(cz, cx, w)))
-            ax = -math.degrees(math.atan(_line_slope(cz, cy, w) * math.cos(math.radians(ay))))
+            ax = -math.degrees(math.atan(_line_slope(cz, back, w) * math.cos(math.radians(ay))))
             if max(abs(ax), abs(ay)) > max_tilt_deg:
                 messages.append(f"tilt estimate ({ax:.1f}°, {ay:.1f}°) beyond {max_tilt_deg:g}°: ignored")
             else:
