@@ -202,9 +202,14 @@ def test_train_on_saved_labels_updates_the_checkpoint_infer_uses(client, app_stu
 
 def test_training_can_be_stopped_and_the_server_keeps_serving(client):
     client.train_start("text_prompt", {"max_epochs": 200})
-    time.sleep(5)
-    assert client.train_status(check_if_running=False)["status"] == "RUNNING"
-    client.train_stop()
+    try:
+        deadline = time.time() + 120  # the training subprocess starts in MONAI Label's task thread
+        while time.time() < deadline and (client.train_status(check_if_running=False) or {}).get("status") != "RUNNING":
+            time.sleep(1)
+        assert client.train_status(check_if_running=False)["status"] == "RUNNING"
+        time.sleep(3)
+    finally:
+        client.train_stop()  # never leave a 200-epoch training behind, even when an assertion failed
     status = _wait_training(client, timeout=120)
     assert status["status"] == "STOPPED", status
     _, params = client.infer("text_prompt", "case_21", {"prompt": "left kidney"})
