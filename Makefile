@@ -7,7 +7,7 @@ PROMPT ?= segment the liver and kidneys
 IMAGE ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test serve simulate clean-outputs
+.PHONY: setup demo test serve simulate clean-outputs rotation
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ simulate: setup
 
 clean-outputs:
 	rm -rf outputs
+
+# Rotation benchmark (README: "Orientation robustness"): Dice per rotation with/without canonicalization;
+# trains the tiny bundle first when its checkpoint is missing. ROTATION_ARGS e.g. "--seeds 1001 --no-real-ct".
+ROTATION_ARGS ?=
+
+rotation: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_rotation.py $(ROTATION_ARGS)
 
 # MONAI Label app (README: "MONAI Label app"): phantom studies (or STUDIES=folder or DICOMweb URL) on 127.0.0.1.
 STUDIES ?= data/serve/studies
