@@ -307,26 +307,15 @@ def _prompt_embeddings(class_names: Sequence[str], encoder: str) -> torch.Tensor
     return prompt_features(vocabulary_embedding_table(encoder), list(class_names)).float()
 
 
-def _network_class():
-    import textseg.networks as networks
-
-    for name in ("TextSwinUNETR", "TextFiLMSwinUNETR"):
-        if hasattr(networks, name):
-            return getattr(networks, name)
-    raise ImportError("textseg.networks has no text-conditioned SwinUNETR (TextSwinUNETR).")
-
-
 def build_network(num_classes: int, embeddings: torch.Tensor, network_kwargs: dict) -> torch.nn.Module:
     """The text-conditioned network of the simulation (unknown keyword arguments are refused by name)."""
-    cls = _network_class()
+    from textseg.networks import TextSwinUNETR as cls
+
     params = inspect.signature(cls).parameters
     unknown = [k for k in network_kwargs if k not in params]
     if unknown:
         raise ValueError(f"{cls.__name__} has no parameter(s) {unknown}.")
-    net = cls(in_channels=1, num_classes=num_classes, text_dim=int(embeddings.shape[1]), **network_kwargs)
-    if hasattr(net, "set_class_embeddings"):
-        net.set_class_embeddings(embeddings)
-    return net
+    return cls(in_channels=1, num_classes=num_classes, text_dim=int(embeddings.shape[1]), **network_kwargs).set_class_embeddings(embeddings)
 
 
 # ----------------------------------------------------------------------------------------------------
