@@ -33,6 +33,7 @@ from textseg.segment import check_image_path
 from textseg.vocabulary import UnknownStructureError
 
 import lib.configs
+import lib.patches
 from lib.datastore import TextsegDICOMWebDatastore, VersionedLocalDatastore
 from lib.infers import TextPromptInferTask
 from lib.settings import AppSettings
@@ -49,6 +50,7 @@ class TextSegApp(MONAILabelApp):
     """Text-prompted CT segmentation: infer (prompt / all structures), train on saved labels, random next sample."""
 
     def __init__(self, app_dir, studies, conf):
+        lib.patches.install()  # MONAI Label 0.8.5: POST /train could answer 500 while the training runs
         self.settings = AppSettings.from_conf(app_dir, conf)
         names = [m.strip() for m in str(conf.get("models", "all")).split(",") if m.strip()]
         names = list(MODEL_CONFIGS) if names == ["all"] else names
