@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         met = goal[0]["drop_percent"] <= GOAL_DROP_PERCENT
         print(f"\ngoal (phantom, canonicalized, 45° about z: drop <= {GOAL_DROP_PERCENT:g} %): "
               f"{goal[0]['drop_percent']:.1f} % -> {'met' if met else 'MISSED'}")
+    t = result["inference_seconds"]
+    print(f"inference of {result['images']} images: {t['affine only']:.0f} s affine only, {t['canonicalized']:.0f} s canonicalized "
+          f"(ratio {t['canonicalized'] / max(t['affine only'], 1e-9):.2f})")
     print(f"wrote {paths['markdown']}, {paths['json']}, {paths['png']} ({result['seconds']:.0f} s)")
     return 1 if args.strict and not met else 0
 

@@ -223,3 +223,23 @@ def test_oblique_affine_is_estimated_in_world_coordinates():
     # the same voxels, declared rotated back by -30° about the world origin: the anatomy is upright in world space
     moved = estimate_rotation(case.image, oblique @ case.affine)
     assert _angle_between(moved.rotation, np.eye(3)) < 2.0 and _angle_between(estimate.rotation, rotation_matrix((0, 0, 30))) < 2.0
+
+
+def test_bundle_overlays_switch_canonicalization_and_rotation_augmentation_on():
+    from monai.bundle import ConfigParser
+
+    from textseg.bundle import bundle_config_files
+
+    bundle = "bundles/text_prompted_ct_segmentation"
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(bundle, ["inference.json", "tiny.json", "canonical.json"]))
+    names = [type(t).__name__ for t in parser.get_parsed_content("ct_transforms")]
+    assert names.index("Spacingd") < names.index("CanonicalizeRotationd") < names.index("ScaleIntensityRanged")
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(bundle, ["inference.json", "tiny.json"]))
+    assert "CanonicalizeRotationd" not in [type(t).__name__ for t in parser.get_parsed_content("ct_transforms")]
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(bundle, ["train.json", "tiny.json", "rotation_augment.json"]))
+    augment = parser.get_parsed_content("rotation_augment")
+    assert type(augment).__name__ == "RandRotated" and augment.keys == ("image", "label")
+    assert "[@rotation_augment] + @train#random_transforms" in parser["train#preprocessing#transforms"].replace("::", "#")

@@ -185,7 +185,8 @@ def run_rotation_benchmark(
         bundle_dir, configs: the bundle and its config files.
 
     Returns:
-        ``{"rows": [...], "summary": [...], "seconds": ...}``: one row per image, mode and structure.
+        ``{"rows": [...], "summary": [...], "seconds": ..., "inference_seconds": {mode: s}}``: one row per image,
+        mode and structure; the summary per data kind, mode and rotation.
     """
     from textseg.bundle import read_config_value
     from textseg.phantom import PHANTOM_LABELS
@@ -204,10 +205,12 @@ def run_rotation_benchmark(
     if real_ct is not None:
         cases += make_rotated_ct(real_ct, work_dir / "images", rotations)
     rows = []
-    predictions = {}
+    predictions, mode_seconds = {}, {}
     for mode, canonical in (("affine only", False), ("canonicalized", True)):
+        tick = time.time()
         predictions[mode] = segment_cases(cases, checkpoint, work_dir / ("canonical" if canonical else "plain"), canonical, prompt,
                                           bundle_dir, configs)
+        mode_seconds[mode] = round(time.time() - tick, 1)
     ct_reference = None
     for case in cases:
         if "label" in case:
@@ -229,6 +232,7 @@ def run_rotation_benchmark(
                 rows.append({"source": case["source"], "rotation": case["rotation"], "mode": mode, "structure": name,
                              "dice": _dice(pred == vocabulary[name].id, ref)})
     return {"rows": rows, "summary": summarize(rows, list(rotations)), "seconds": round(time.time() - started, 1),
+            "inference_seconds": mode_seconds, "images": len(cases),
             "checkpoint": str(checkpoint), "seeds": list(seeds), "rotations": {k: list(v) for k, v in rotations.items()},
             "real_ct": str(real_ct) if real_ct else None}
 
@@ -290,10 +294,10 @@ def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]
             values = {s["rotation"]: s["dice"] for s in result["summary"] if s["data"] == kind and s["mode"] == mode}
             ax.bar(x + (k - 0.5) * 0.38, [values[r] for r in rotations], width=0.38, label=mode)
         ax.set_xticks(x, rotations)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.15)
         ax.set_ylabel("mean Dice" if kind == "phantom" else "Dice vs unrotated prediction")
         ax.set_title(f"{kind}: rotation robustness")
-        ax.legend(loc="lower left")
+        ax.legend(loc="upper center", ncol=2, fontsize=8)
     fig.tight_layout()
     tmp = paths["png"].with_name(".tmp-" + paths["png"].name)
     fig.savefig(tmp, dpi=100)
