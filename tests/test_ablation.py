@@ -32,3 +32,16 @@ def test_ablation_trains_and_scores_every_fusion(tmp_path):
 def test_ablation_refuses_unknown_fusion(tmp_path):
     with pytest.raises(ValueError, match="unknown fusion"):
         run_fusion_ablation(tmp_path, fusions=["sum"], data_dir=tmp_path / "data")
+
+
+def test_ablation_markdown_names_settings_and_missing_values():
+    structures = {"liver": {"val_mean_dice": 0.9, "val_nsd": 0.8, "val_hd95": float("nan"), "val_volume_similarity": 0.95}}
+    results = {
+        "settings": {"num_train": 4, "num_test": 1, "epochs": 2, "seed": 3, "overlays": ["tiny.json"],
+                     "overrides": {"network_def#depths": [1, 1, 1, 1]}},
+        "fusions": {"film": {"structures": structures, "mean": structures["liver"], "parameters": 1234, "train_seconds": 5.0}},
+    }
+    table = ablation_markdown(results)
+    assert "overrides network_def#depths=[1, 1, 1, 1]" in table and "seed 3" in table
+    assert "| film | 0.900 | 0.800 | n/a | 0.950 | 1,234 | 5 |" in table
+    assert "| liver | 0.900 |" in table

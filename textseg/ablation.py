@@ -32,11 +32,12 @@ def _mean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def _parameter_count(bundle_dir: Path, configs: Sequence[str]) -> int:
+def _parameter_count(bundle_dir: Path, configs: Sequence[str], overrides: dict) -> int:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(bundle_config_files(bundle_dir, configs))
+    parser.update(overrides)
     return sum(p.numel() for p in parser.get_parsed_content("network_def").parameters())
 
 
@@ -51,6 +52,7 @@ def run_fusion_ablation(
     bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
     size_overlays: Sequence[str] = ("tiny.json",),
     num_workers: int = 0,
+    overrides: dict | None = None,
 ) -> dict:
     """Train and evaluate each fusion with the same data, seed and epochs; write JSON, markdown and PNG.
 
@@ -64,6 +66,8 @@ def run_fusion_ablation(
         bundle_dir: the bundle.
         size_overlays: overlays applied before the fusion's (``tiny.json`` for the CPU).
         num_workers: data loader workers.
+        overrides: config overrides for every fusion, e.g. ``{"network_def#depths": [1, 1, 1, 1]}`` for a
+            network cheap enough to train to convergence on a CPU.
 
     Returns:
         ``{"settings": {...}, "fusions": {fusion: {"structures": {name: {metric: mean}}, "mean": {metric: mean},
@@ -80,9 +84,12 @@ def run_fusion_ablation(
     output_dir = Path(output_dir)
     data_dir = Path(data_dir).resolve()
     make_phantom_dataset(data_dir, num_train=num_train, num_test=num_test, seed=seed)
-    settings = {"num_train": num_train, "num_test": num_test, "epochs": epochs, "seed": seed, "overlays": list(size_overlays)}
+    overrides = dict(overrides or {})
+    settings = {"num_train": num_train, "num_test": num_test, "epochs": epochs, "seed": seed, "overlays": list(size_overlays),
+                "overrides": overrides}
     results: dict = {"settings": settings, "fusions": {}}
-    common = dict(dataset_dir=str(data_dir), dataset_name="phantom", num_workers=num_workers, initialize=[f"$monai.utils.set_determinism(seed={seed})"])
+    common = dict(dataset_dir=str(data_dir), dataset_name="phantom", num_workers=num_workers,
+                  initialize=[f"$monai.utils.set_determinism(seed={seed})"], **overrides)
     for index, fusion in enumerate(fusions, 1):
         overlays = [*size_overlays, *FUSION_OVERLAYS[fusion]]
         run_dir = (output_dir / fusion).resolve()
@@ -103,7 +110,7 @@ def run_fusion_ablation(
         results["fusions"][fusion] = {
             "structures": structures,
             "mean": {m: _mean([s[m] for s in structures.values()]) for m in METRICS},
-            "parameters": _parameter_count(bundle_dir, ["train.json", *overlays]),
+            "parameters": _parameter_count(bundle_dir, ["train.json", *overlays], overrides),
             "train_seconds": round(train_seconds, 1),
         }
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +132,9 @@ def ablation_markdown(results: dict) -> str:
     s = results["settings"]
     lines = [
         f"Phantom, {s['num_train']} training / {s['num_test']} held-out cases, {s['epochs']} epochs, seed {s['seed']}, "
-        f"overlays {', '.join(s['overlays']) or 'none'}; means over structures.",
+        f"overlays {', '.join(s['overlays']) or 'none'}"
+        + (f", overrides {', '.join(f'{k}={v}' for k, v in s.get('overrides', {}).items())}" if s.get("overrides") else "")
+        + "; means over structures.",
         "",
         "| fusion | " + " | ".join(METRICS.values()) + " | parameters | training (s) |",
         "|---|" + "---:|" * (len(METRICS) + 2),
