@@ -5,9 +5,11 @@ network, and a simulation harness (see README, section *Active learning*).
   power entropy / PowerBALD and ClaSP PE; one function each, registered by name.
 * :mod:`.scoring` -- class probabilities from the network's per-prompt sigmoids, MC dropout, and
   :func:`score_image` for applications (MONAI Label).
+* :mod:`.pool` -- per-image candidate records and one-at-a-time selection for applications (MONAI Label).
 * :mod:`.simulation` -- label loops with an oracle, learning curves, AUBC, foreground efficiency, plot.
 """
 
+from .pool import bbox_to_grid, class_query_due, image_candidates, select_next
 from .scoring import enable_mc_dropout, predict_probs, score_image
 from .strategies import (
     STRATEGIES,
@@ -33,16 +35,20 @@ __all__ = [
     "QueryContext",
     "StrategySpec",
     "aggregate_patches",
+    "bbox_to_grid",
     "class_entropy",
+    "class_query_due",
     "enable_mc_dropout",
     "exponential_schedule",
     "expected_entropy",
     "get_strategy",
+    "image_candidates",
     "mutual_information",
     "power_noising",
     "predict_probs",
     "predictive_entropy",
     "score_image",
+    "select_next",
     "sigmoid_schedule",
     "sigmoid_to_categorical",
     "whole_image_patch_size",
