@@ -6,7 +6,9 @@ Start with the stock CLI (from the repository root)::
         --conf models text_prompt,all_structures --conf bundle_overlay tiny --host 127.0.0.1
 
 ``--conf`` keys: ``models`` (``all`` or a comma list of lib/configs names), ``bundle``, ``bundle_overlay``
-(``tiny`` | ``none`` | config names), ``checkpoint``, ``device`` (``auto`` | ``cpu`` | ``cuda``).
+(``tiny`` | ``none`` | config names), ``checkpoint``, ``device`` (``auto`` | ``cpu`` | ``cuda``); active learning:
+``active_learning_strategy`` (default strategy, ``clasp_pe``), ``active_learning_patch_size``, ``active_learning_rounds``,
+``mc_dropout_samples``, ``mc_dropout_rate``, ``active_learning_seed`` (see ``lib/settings.py``).
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from monailabel.config import settings as ml_settings
 from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
-from monailabel.tasks.activelearning.random import Random
 
 import textseg
+from textseg.active_learning import STRATEGIES, get_strategy
 from textseg.app_support import check_image_id
 from textseg.segment import check_image_path
 from textseg.vocabulary import UnknownStructureError
 
 import lib.configs
 import lib.patches
+from lib.activelearning import TextsegStrategy, UncertaintyScoring
 from lib.datastore import TextsegDICOMWebDatastore, VersionedLocalDatastore
 from lib.infers import TextPromptInferTask
 from lib.settings import AppSettings
@@ -47,7 +51,7 @@ MODEL_CONFIGS = {"text_prompt": lib.configs.TextPrompt, "all_structures": lib.co
 
 
 class TextSegApp(MONAILabelApp):
-    """Text-prompted CT segmentation: infer (prompt / all structures), train on saved labels, random next sample."""
+    """Text-prompted CT segmentation: infer (prompt / all structures), train on saved labels, active learning."""
 
     def __init__(self, app_dir, studies, conf):
         lib.patches.install()  # MONAI Label 0.8.5: POST /train could answer 500 while the training runs
@@ -83,8 +87,41 @@ class TextSegApp(MONAILabelApp):
         trainers = {name: config.trainer() for name, config in self.models.items()}
         return {k: v for k, v in trainers.items() if v is not None}
 
+    @property
+    def uncertainty_scoring(self) -> UncertaintyScoring:
+        """The one scoring task: background runs (``/scoring``) and on-the-spot scoring of the strategies."""
+        if getattr(self, "_uncertainty_scoring", None) is None:
+            self._uncertainty_scoring = UncertaintyScoring(self.settings)
+        return self._uncertainty_scoring
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        return {"textseg_uncertainty": self.uncertainty_scoring}
+
     def init_strategies(self) -> Dict[str, Strategy]:
-        return {"random": Random()}
+        """Every registered textseg strategy, the configured default first (clients list them in this order);
+        BALD and PowerBALD only when MC-dropout samples are enabled (``--conf mc_dropout_samples``)."""
+        scoring = self.uncertainty_scoring
+        default = self.settings.active_learning_strategy
+        names = [default] + [n for n in STRATEGIES if n != default]
+        names = [n for n in names if not STRATEGIES[n].mc_samples or self.settings.mc_dropout_samples]
+        return {n: TextsegStrategy(n, self.settings, scoring) for n in names}
+
+    def next_sample(self, request):
+        """``/activelearning/<strategy>``; ``default`` (or no strategy) means ``--conf active_learning_strategy``."""
+        strategy = str(request.get("strategy") or "default")
+        if strategy == "default":
+            strategy = self.settings.active_learning_strategy
+        try:
+            strategy = get_strategy(strategy).name
+        except ValueError as e:
+            raise HTTPException(status_code=404, detail=f"{e} Served here: default, {', '.join(self._strategies)}.") from e
+        if strategy not in self._strategies:
+            raise HTTPException(status_code=404, detail=f"strategy {strategy!r} is not served (BALD needs --conf mc_dropout_samples >= 2); "
+                                                        f"served: default, {', '.join(self._strategies)}.")
+        try:
+            return super().next_sample({**request, "strategy": strategy})
+        except ValueError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
 
     def init_datastore(self):
         allowed = self._class_ids()

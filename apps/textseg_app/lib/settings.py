@@ -24,6 +24,13 @@ class AppSettings:
     holding the app), ``bundle_overlay`` (``tiny``, ``none`` or comma-separated config names),
     ``checkpoint`` (default ``<bundle>/models/<ckpt_name of the configs>``), ``device`` (``auto``, ``cpu``,
     ``cuda``), ``preload`` (load the network at start-up).
+
+    Active learning (``/activelearning``, ``/scoring``): ``active_learning_strategy`` (the default strategy,
+    default ``clasp_pe``), ``active_learning_patch_size`` (suggested patch edge in voxels of the network's
+    grid, default 32), ``active_learning_rounds`` (queries over which ClaSP PE's beta anneals, default 10),
+    ``mc_dropout_samples`` (MC-dropout samples for BALD/PowerBALD, default 4; 0 disables them),
+    ``mc_dropout_rate`` (dropout switched on in the encoder for those samples, default 0.1),
+    ``active_learning_seed`` (default 0).
     """
 
     bundle_dir: Path
@@ -31,6 +38,12 @@ class AppSettings:
     checkpoint: Path
     device: str
     preload: bool
+    active_learning_strategy: str = "clasp_pe"
+    active_learning_patch_size: int = 32
+    active_learning_rounds: int = 10
+    mc_dropout_samples: int = 4
+    mc_dropout_rate: float = 0.1
+    active_learning_seed: int = 0
 
     @classmethod
     def from_conf(cls, app_dir: str | os.PathLike, conf: dict) -> "AppSettings":
@@ -55,12 +68,24 @@ class AppSettings:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--conf device {device}: CUDA is not available on this machine; use cpu or auto.")
         preload = str(conf.get("preload", "false")).lower() in ("1", "true", "yes")
-        return cls(bundle_dir=bundle_dir, configs=configs, checkpoint=checkpoint, device=device, preload=preload)
+        return cls(bundle_dir=bundle_dir, configs=configs, checkpoint=checkpoint, device=device, preload=preload,
+                   **_active_learning_conf(conf))
 
     @property
     def overlays(self) -> tuple[str, ...]:
         """The configs merged on top of ``inference.json``/``train.json``."""
         return self.configs[1:]
+
+    @property
+    def inference_roi_size(self) -> tuple[int, ...]:
+        """Sliding-window size of the bundle's inference configs (``roi_size``)."""
+        roi = read_config_value(self.bundle_dir, "inference.json", "roi_size")
+        for name in self.overlays:
+            try:
+                roi = read_config_value(self.bundle_dir, name, "roi_size")
+            except KeyError:
+                pass
+        return tuple(int(r) for r in roi)
 
     def missing_checkpoint_message(self) -> str:
         """What to do when there is no checkpoint yet."""
@@ -69,3 +94,28 @@ class AppSettings:
             f"bundles/text_prompted_ct_segmentation/models/model_tiny.pt), with `textseg train --tiny`, "
             f"or pass --conf checkpoint <path to model .pt>."
         )
+
+
+def _active_learning_conf(conf: dict) -> dict:
+    """The active-learning ``--conf`` options, checked (a bad value stops the app with a message naming it)."""
+    from textseg.active_learning import get_strategy
+
+    out = {}
+    try:
+        out["active_learning_strategy"] = get_strategy(str(conf.get("active_learning_strategy", "clasp_pe"))).name
+    except ValueError as e:
+        raise ValueError(f"--conf active_learning_strategy: {e}") from e
+    for key, kind, low in (("active_learning_patch_size", int, 4), ("active_learning_rounds", int, 1),
+                           ("mc_dropout_samples", int, 0), ("mc_dropout_rate", float, 0.0), ("active_learning_seed", int, 0)):
+        if key not in conf:
+            continue
+        try:
+            value = kind(conf[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"--conf {key} must be a number, got {conf[key]!r}.") from None
+        if value < low or (key == "mc_dropout_rate" and value >= 1.0) or (key == "mc_dropout_samples" and value == 1):
+            raise ValueError(f"--conf {key} {value} is out of range (at least {low}"
+                             f"{'; 0 or >= 2 samples' if key == 'mc_dropout_samples' else ''}"
+                             f"{', below 1' if key == 'mc_dropout_rate' else ''}).")
+        out[key] = value
+    return out
