@@ -52,20 +52,31 @@ def bundle_configs(*names: str) -> str:
     return "[" + ",".join(f"'{BUNDLE_DIR / 'configs' / n}'" for n in names) + "]"
 
 
-@pytest.fixture(scope="session")
-def trained_bundle(tiny_phantom, tmp_path_factory) -> Path:
-    """Train the tiny bundle for 2 iterations through ``python -m monai.bundle run``; returns the checkpoint folder
-    (holding ``model_tiny.pt``)."""
-    ckpt_dir = tmp_path_factory.mktemp("models")
+def _train_tiny(tiny_phantom: Path, ckpt_dir: Path, overlays: tuple[str, ...], checkpoint: str) -> Path:
     configs = BUNDLE_DIR / "configs"
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_configs("train.json", "tiny.json"),
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_configs("train.json", *overlays),
          "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
          "--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(ckpt_dir),
          "--output_dir", str(ckpt_dir / "eval"), "--epochs", "1", "--val_interval", "1", "--num_val", "1",
          "--crops_per_image", "1", "--num_workers", "0"],
         capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
-    if result.returncode != 0 or not (ckpt_dir / "model_tiny.pt").exists():
+    if result.returncode != 0 or not (ckpt_dir / checkpoint).exists():
         pytest.fail(f"bundle training failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return ckpt_dir
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tiny_phantom, tmp_path_factory) -> Path:
+    """Train the tiny bundle for 2 iterations through ``python -m monai.bundle run``; returns the checkpoint folder
+    (holding ``model_tiny.pt``)."""
+    return _train_tiny(tiny_phantom, tmp_path_factory.mktemp("models"), ("tiny.json",), "model_tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def trained_interactive_bundle(tiny_phantom, tmp_path_factory) -> Path:
+    """Train the tiny interactive bundle (``tiny.json`` + ``interactive.json``: spatial prompts, simulated clicks) for
+    2 iterations through ``python -m monai.bundle run``; returns the folder holding ``model_interactive.pt``."""
+    return _train_tiny(tiny_phantom, tmp_path_factory.mktemp("interactive-models"), ("tiny.json", "interactive.json"),
+                       "model_interactive.pt")

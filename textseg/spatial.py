@@ -14,11 +14,15 @@ work alone (with a generic text such as the structure's class) or with text, thr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.engines.utils import PrepareBatchExtraInput
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 
 __all__ = [
@@ -28,6 +32,11 @@ __all__ = [
     "next_corrective_click",
     "box_from_mask",
     "zoom_out_zoom_in",
+    "RandSpatialPromptsd",
+    "GuidedSlidingWindowInferer",
+    "infer_with_guidance",
+    "PrepareBatchGuidance",
+    "points_to_grid",
 ]
 
 GUIDANCE_CHANNELS = ("positive_points", "negative_points", "box")
@@ -91,12 +100,14 @@ def encode_spatial_prompts(
     if sigma <= 0:
         raise SpatialPromptError(f"sigma must be positive, got {sigma}.")
     guidance = torch.zeros((len(GUIDANCE_CHANNELS), *shape), dtype=torch.float32)
-    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
+    reach = int(np.ceil(4 * sigma))  # beyond 4 sigma the Gaussian is below 4e-4: only a window around each point is computed
     for channel, points, what in ((0, positive_points, "positive point"), (1, negative_points, "negative point")):
         for point in points:
             point = _check_point(point, shape, what)
-            squared = sum((g - c) ** 2 for g, c in zip(grids, point))
-            guidance[channel] = torch.maximum(guidance[channel], torch.exp(-squared / (2 * sigma**2)))
+            window = tuple(slice(max(0, int(np.floor(c)) - reach), min(n, int(np.floor(c)) + reach + 2)) for c, n in zip(point, shape))
+            axes = [torch.arange(w.start, w.stop, dtype=torch.float32) - c for w, c in zip(window, point)]
+            squared = sum(a.reshape([-1 if i == d else 1 for i in range(len(shape))]) ** 2 for d, a in enumerate(axes))
+            guidance[channel][window] = torch.maximum(guidance[channel][window], torch.exp(-squared / (2 * sigma**2)))
     for box in boxes:
         lo, hi = _check_box(box, shape)
         guidance[2][tuple(slice(a, b) for a, b in zip(lo, hi))] = 1.0
@@ -150,6 +161,7 @@ def zoom_out_zoom_in(
     roi_size: Sequence[int],
     threshold: float = 0.5,
     margin: float = 0.15,
+    include_points: Sequence[Sequence[float]] = (),
 ) -> torch.Tensor:
     """Zoom-out-zoom-in inference for one prompt: a coarse pass on the whole volume resized to ``roi_size``
     finds the region of interest; a second pass at full resolution on that region (grown by ``margin`` of
@@ -162,10 +174,16 @@ def zoom_out_zoom_in(
             in the coarse pass and with region crops, padded to multiples of 32, in the fine pass).
         roi_size: the coarse pass's input size (the network's patch size).
         threshold: probability of foreground.
-        margin: share of the region's size added on each side.
+        margin: share of the region's size added on each side (the region is grown to at least ``roi_size``).
+        include_points: voxels (full resolution) the region must contain, e.g. positive clicks: a click on a
+            structure the coarse pass missed still gets its high-resolution pass.
 
     Returns:
-        probabilities [1, 1, *S]; zero outside the region (all zero when the coarse pass finds nothing).
+        probabilities [1, 1, *S]; zero outside the region (all zero when the coarse pass finds nothing and no
+        point is given).
+
+    Spatial prompts ride along as extra image channels (``[1, 1 + 3, *S]``; the predictor splits them off), so
+    they are resized and cropped exactly like the image.
     """
     if image.ndim < 3 or image.shape[0] != 1:
         raise ValueError(f"expected an image [1, C, *S], got {tuple(image.shape)}.")
@@ -174,7 +192,10 @@ def zoom_out_zoom_in(
     coarse_input = F.interpolate(image, size=tuple(roi_size), mode=mode, align_corners=False)
     coarse = F.interpolate(predictor(coarse_input), size=tuple(spatial), mode=mode, align_corners=False)
     output = torch.zeros((1, 1, *spatial), dtype=coarse.dtype, device=coarse.device)
-    box = box_from_mask((coarse[0, 0] >= threshold).cpu().numpy())
+    region_mask = (coarse[0, 0] >= threshold).cpu().numpy()
+    for point in include_points:
+        region_mask[tuple(int(round(c)) for c in _check_point(point, spatial, "point"))] = True
+    box = box_from_mask(region_mask)
     if box is None:
         return output
     dims = len(spatial)
@@ -182,6 +203,11 @@ def zoom_out_zoom_in(
     grown = [int(np.ceil(margin * (e - s))) for s, e in zip(start, end)]
     start = [max(0, s - g) for s, g in zip(start, grown)]
     end = [min(n, e + g) for e, g, n in zip(end, grown, spatial)]
+    for d, r in enumerate(roi_size):  # at least one patch of context around a small region (e.g. a single click)
+        short = min(int(r), spatial[d]) - (end[d] - start[d])
+        if short > 0:
+            start[d] = max(0, min(start[d] - short // 2, spatial[d] - min(int(r), spatial[d])))
+            end[d] = start[d] + max(end[d] - start[d], min(int(r), spatial[d]))
     region = (slice(None), slice(None)) + tuple(slice(s, e) for s, e in zip(start, end))
     crop = image[region]
     padded_size = [max(64, int(np.ceil(n / 32)) * 32) for n in crop.shape[2:]]
@@ -189,3 +215,217 @@ def zoom_out_zoom_in(
     fine = predictor(F.pad(crop, padding))
     output[region] = fine[(slice(None), slice(None)) + tuple(slice(0, n) for n in crop.shape[2:])]
     return output
+
+
+class RandSpatialPromptsd(Randomizable, MapTransform):
+    """Simulate an annotator's spatial prompts for every sampled prompt of a training crop, from its label.
+
+    Runs after :class:`textseg.transforms.SamplePromptsd`: the crop has K target channels ``[K, *S]`` (1 inside
+    the structure, 0 outside, :data:`textseg.transforms.IGNORE_CHANNEL` when not annotated) and writes
+    ``guidance_key`` ``[K, 3, *S]`` (:func:`encode_spatial_prompts`; channels :data:`GUIDANCE_CHANNELS`) for
+    ``PrepareBatchExtraInput`` to pass to :class:`textseg.networks.TextSwinUNETR` (``spatial_prompts=True``).
+
+    For a structure present in the crop: with probability ``no_prompt_prob`` no spatial prompt (text only, so
+    the model keeps working without clicks); otherwise points with probability ``points_prob`` and a box with
+    probability ``box_prob`` (at least one of the two): 1..``max_positive`` positive points drawn inside the
+    structure and 0..``max_negative`` negative points drawn outside it within ``negative_margin`` voxels of it
+    (where corrective clicks on over-segmentation land), and/or the structure's bounding box
+    (:func:`box_from_mask`) grown by 0..``box_margin`` voxels. Absent or unannotated structures get no
+    spatial prompt.
+
+    Args:
+        label_key: per-prompt targets [K, *S].
+        guidance_key: key to write, [K, 3, *S] float32.
+        no_prompt_prob: probability of text only for a present structure.
+        points_prob: probability of points (when the prompt is spatial).
+        box_prob: probability of a box (when the prompt is spatial).
+        max_positive: most positive points.
+        max_negative: most negative points.
+        negative_margin: how far (voxels) from the structure negative points may lie.
+        box_margin: most voxels a box is grown by on each side.
+        sigma: Gaussian radius of a point, in voxels.
+    """
+
+    def __init__(
+        self,
+        label_key: str = "label",
+        guidance_key: str = "guidance",
+        no_prompt_prob: float = 0.3,
+        points_prob: float = 0.8,
+        box_prob: float = 0.3,
+        max_positive: int = 5,
+        max_negative: int = 3,
+        negative_margin: int = 4,
+        box_margin: int = 3,
+        sigma: float = 2.0,
+    ) -> None:
+        MapTransform.__init__(self, keys=[label_key])
+        for name, value in (("no_prompt_prob", no_prompt_prob), ("points_prob", points_prob), ("box_prob", box_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}.")
+        if max_positive < 1 or max_negative < 0 or negative_margin < 1 or box_margin < 0:
+            raise ValueError(
+                f"need max_positive >= 1, max_negative >= 0, negative_margin >= 1, box_margin >= 0; got {max_positive}, "
+                f"{max_negative}, {negative_margin}, {box_margin}."
+            )
+        self.label_key = label_key
+        self.guidance_key = guidance_key
+        self.no_prompt_prob = no_prompt_prob
+        self.points_prob = points_prob
+        self.box_prob = box_prob
+        self.max_positive = max_positive
+        self.max_negative = max_negative
+        self.negative_margin = negative_margin
+        self.box_margin = box_margin
+        self.sigma = sigma
+
+    def randomize(self, data: Any = None) -> None:
+        pass  # every draw happens per prompt in :meth:`prompts_for`, from ``self.R``
+
+    def _sample(self, mask: np.ndarray, count: int) -> list[tuple[int, ...]]:
+        coords = np.argwhere(mask)
+        if count <= 0 or len(coords) == 0:
+            return []
+        picks = self.R.choice(len(coords), size=min(count, len(coords)), replace=False)
+        return [tuple(int(c) for c in coords[i]) for i in picks]
+
+    def prompts_for(self, target: np.ndarray) -> dict[str, list]:
+        """Simulated prompts for one binary target [*S]: ``{"positive_points", "negative_points", "boxes"}`` (maybe all empty)."""
+        target = np.asarray(target) > 0
+        prompts: dict[str, list] = {"positive_points": [], "negative_points": [], "boxes": []}
+        if not target.any() or self.R.rand() < self.no_prompt_prob:
+            return prompts
+        use_points = self.R.rand() < self.points_prob
+        use_box = self.R.rand() < self.box_prob
+        if not (use_points or use_box):
+            use_points = True
+        if use_points:
+            prompts["positive_points"] = self._sample(target, int(self.R.randint(1, self.max_positive + 1)))
+            num_negative = int(self.R.randint(0, self.max_negative + 1))
+            if num_negative:
+                box = box_from_mask(target, margin=self.negative_margin)
+                region = tuple(slice(a, b) for a, b in zip(box[: target.ndim], box[target.ndim :]))
+                ring = np.zeros_like(target)
+                ring[region] = ndimage.binary_dilation(target[region], iterations=self.negative_margin) & ~target[region]
+                prompts["negative_points"] = self._sample(ring, num_negative)
+        if use_box:
+            prompts["boxes"] = [box_from_mask(target, margin=int(self.R.randint(0, self.box_margin + 1)))]
+        return prompts
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        label = torch.as_tensor(d[self.label_key])
+        spatial = tuple(label.shape[1:])
+        guidance = torch.zeros((label.shape[0], len(GUIDANCE_CHANNELS), *spatial), dtype=torch.float32)
+        array = label.detach().cpu().numpy()
+        for k in range(label.shape[0]):
+            if (array[k] < 0).any():  # not annotated (IGNORE_CHANNEL): nothing to click on
+                continue
+            prompts = self.prompts_for(array[k])
+            if any(prompts.values()):
+                guidance[k] = encode_spatial_prompts(spatial, sigma=self.sigma, **prompts)
+        d[self.guidance_key] = guidance
+        return d
+
+
+def infer_with_guidance(inferer: Inferer, inputs: torch.Tensor, network: Callable[..., torch.Tensor], guidance: torch.Tensor | None,
+                        *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Run any MONAI inferer that cuts the input into windows (``SlidingWindowInferer``, ``SimpleInferer``) with
+    per-prompt guidance cut from the same place.
+
+    The guidance is appended to the image as extra channels, so every window carries its own guidance (padded
+    with zeros, i.e. no prompt, like the image), and split off again before ``network(window, *args,
+    guidance=window_guidance, **kwargs)``.
+
+    Args:
+        inferer: the inferer.
+        inputs: image [B, C, *S].
+        network: e.g. :class:`textseg.networks.TextSwinUNETR` (``spatial_prompts=True``).
+        guidance: [B, K, 3, *S], or ``None`` for a plain ``inferer(inputs, network, *args, **kwargs)``.
+
+    Returns:
+        what the inferer returns: logits [B, K, *S].
+    """
+    if guidance is None:
+        return inferer(inputs, network, *args, **kwargs)
+    batch, channels, spatial = inputs.shape[0], inputs.shape[1], tuple(inputs.shape[2:])
+    guidance = torch.as_tensor(guidance)
+    if guidance.ndim != inputs.ndim + 1 or guidance.shape[0] != batch or tuple(guidance.shape[3:]) != spatial:
+        raise ValueError(f"guidance must have shape [{batch}, K, 3, {', '.join(map(str, spatial))}], got {tuple(guidance.shape)}.")
+    num_prompts, guidance_channels = guidance.shape[1], guidance.shape[2]
+    stacked = torch.cat([torch.as_tensor(inputs), guidance.to(device=inputs.device, dtype=inputs.dtype).reshape(batch, -1, *spatial)], dim=1)
+
+    def predictor(window: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
+        window_guidance = window[:, channels:].reshape(window.shape[0], num_prompts, guidance_channels, *window.shape[2:])
+        return network(window[:, :channels], *a, guidance=window_guidance, **kw)
+
+    return inferer(stacked, predictor, *args, **kwargs)
+
+
+class GuidedSlidingWindowInferer(SlidingWindowInferer):
+    """``SlidingWindowInferer`` that also windows per-prompt guidance volumes along with the image.
+
+    ``inferer(inputs, network, text_embedding=t, guidance=g)`` with inputs ``[B, C, *S]`` and guidance
+    ``[B, K, 3, *S]`` (or ``None``: plain sliding window) calls ``network(window, text_embedding=t,
+    guidance=window_guidance)`` with ``window_guidance`` [b, K, 3, *roi] cut from the same place as the image
+    window (see :func:`infer_with_guidance`). Takes every ``SlidingWindowInferer`` argument.
+    """
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, guidance: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        if guidance is None:
+            return super().__call__(inputs, network, *args, **kwargs)
+        return infer_with_guidance(lambda x, net, *a, **kw: super(GuidedSlidingWindowInferer, self).__call__(x, net, *a, **kw),
+                                   inputs, network, guidance, *args, **kwargs)
+
+
+class PrepareBatchGuidance(PrepareBatchExtraInput):
+    """``PrepareBatchExtraInput`` that also passes ``guidance=batch[guidance_key]`` to the network when the batch has it.
+
+    Training crops carry simulated spatial prompts (:class:`RandSpatialPromptsd`, [B, K, 3, *S]); validation and
+    inference batches without the key run text only, so one config serves both.
+
+    Args:
+        extra_keys: as ``PrepareBatchExtraInput`` (a dict, e.g. ``{"text_embedding": "text_embedding"}``).
+        guidance_key: batch key of the guidance.
+    """
+
+    def __init__(self, extra_keys: dict[str, str], guidance_key: str = "guidance") -> None:
+        if not isinstance(extra_keys, Mapping):
+            raise ValueError(f"extra_keys must be a dict (network argument -> batch key), got {extra_keys!r}.")
+        super().__init__(dict(extra_keys))
+        self.guidance_key = guidance_key
+
+    def __call__(self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False,
+                 **kwargs: Any):
+        image, label, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
+        if self.guidance_key in batchdata:
+            extra = {**extra, "guidance": torch.as_tensor(batchdata[self.guidance_key]).to(device=device, non_blocking=non_blocking)}
+        return image, label, args, extra
+
+
+def points_to_grid(points: Sequence[Sequence[float]], source_affine: np.ndarray | torch.Tensor,
+                   target_affine: np.ndarray | torch.Tensor) -> list[tuple[float, ...]]:
+    """Map voxel coordinates from one grid to another through world space (``target⁻¹ · source``).
+
+    For clicks given on the original image (MONAI Label's ``foreground``/``background``, voxel indices of the
+    image as stored) that must land on the network's grid after orientation, resampling and any
+    canonicalization: pass the image's original affine and the preprocessed image's affine.
+
+    Args:
+        points: N points of D voxel coordinates each.
+        source_affine, target_affine: (D+1, D+1) voxel -> world matrices.
+
+    Returns:
+        the N points in the target grid's (fractional) voxel coordinates.
+    """
+    source = np.asarray(torch.as_tensor(source_affine, dtype=torch.float64).cpu())
+    target = np.asarray(torch.as_tensor(target_affine, dtype=torch.float64).cpu())
+    mapping = np.linalg.inv(target) @ source
+    out = []
+    for point in points:
+        point = [float(c) for c in point]
+        if len(point) != mapping.shape[0] - 1:
+            raise SpatialPromptError(f"point {point} has {len(point)} coordinates; the image has {mapping.shape[0] - 1} dimensions.")
+        out.append(tuple(float(c) for c in (mapping @ np.asarray(point + [1.0]))[:-1]))
+    return out

@@ -55,7 +55,8 @@ def test_metadata_and_model_card_agree_with_vocabulary():
 
 
 @pytest.mark.parametrize(
-    "overlays", [(), ("tiny.json",), ("tiny.json", "fusion_concat.json"), ("tiny.json", "fusion_cross_attention.json")]
+    "overlays", [(), ("tiny.json",), ("tiny.json", "fusion_concat.json"), ("tiny.json", "fusion_cross_attention.json"),
+                 ("tiny.json", "interactive.json")]
 )
 def test_verify_net_in_out(overlays):
     monai_bundle(
@@ -72,6 +73,26 @@ def test_train_writes_checkpoint_with_class_embeddings(trained_bundle):
     assert state["class_embeddings"][:, :384].norm(dim=1).min() > 0.99, "trained without the text table"
     sides = state["class_embeddings"][:, 384:]
     assert sides[class_names.index("kidney_left")].tolist() == [1.0, 0.0] and sides[class_names.index("liver")].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_interactive_overlay_trains_with_clicks_and_infers_without(trained_interactive_bundle, tiny_phantom, tmp_path):
+    """train.json + tiny.json + interactive.json trains through MONAI's CLI (simulated clicks reach the network's
+    guidance layers); inference.json with the same overlays runs from text alone and keeps the input grid."""
+    state = torch.load(trained_interactive_bundle / "model_interactive.pt", map_location="cpu", weights_only=True)
+    guidance_weights = [v for k, v in state.items() if k.startswith("guidance.") and k.endswith(".weight")]
+    assert guidance_weights, "the interactive checkpoint has no guidance layers"
+    assert any(w.abs().sum() > 0 for w in guidance_weights), "the guidance layers (zero at start) were never trained: no clicks reached them"
+    image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
+    monai_bundle(
+        "run", "--config_file", _config_list("inference.json", "tiny.json", "interactive.json"),
+        "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
+        "--ckpt_path", str(trained_interactive_bundle / "model_interactive.pt"), "--input_image", str(image),
+        "--prompt", "liver", "--output_dir", str(tmp_path),
+    )
+    (output,) = tmp_path.glob("*_seg.nii.gz")
+    assert nib.load(str(output)).shape == nib.load(str(image)).shape
+    assert read_config_value(BUNDLE_DIR, "interactive.json", "ckpt_name") == "model_interactive.pt"
 
 
 @pytest.mark.slow

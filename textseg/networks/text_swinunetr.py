@@ -44,7 +44,8 @@ class TextSwinUNETR(nn.Module):
         use_checkpoint: gradient checkpointing in the Swin encoder.
         spatial_dims: 2 or 3.
         spatial_prompts: accept per-prompt guidance volumes (points and boxes, see :mod:`textseg.spatial`);
-            a zero-initialised projection of the guidance joins each prompt's modulation at every stage.
+            a zero-initialised projection of the guidance (max-pooled to each stage's resolution, so a click
+            reaches every stage) joins each prompt's modulation at every stage.
 
     Example::
 
@@ -205,8 +206,9 @@ class TextSwinUNETR(nn.Module):
                 modulated = modulated + shift[:, k].reshape(view)
                 if guidance is not None:
                     stage_guidance = guidance[:, k]
-                    if s:
-                        stage_guidance = F.interpolate(stage_guidance, size=shared[i].shape[2:], mode=mode, align_corners=False)
+                    if s:  # max-pooled, not interpolated: a click's peak survives at every resolution
+                        pool = F.adaptive_max_pool3d if self.spatial_dims == 3 else F.adaptive_max_pool2d
+                        stage_guidance = pool(stage_guidance, shared[i].shape[2:])
                     modulated = modulated + self.guidance[i](stage_guidance)
                 modulated = torch.relu(modulated)
                 stage_logit = torch.einsum("bc...,c->b...", modulated, self.readout[i]).unsqueeze(1)
