@@ -38,6 +38,8 @@ from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform, SpatialResample
 from scipy import ndimage
 
+from textseg.geometry import rotation_angles, rotation_matrix
+
 __all__ = [
     "ROTATION_META_KEY",
     "CENTRE_META_KEY",
@@ -56,24 +58,6 @@ ROTATION_META_KEY = "canonical_rotation"
 """Image meta key holding the estimated 3x3 world rotation of the patient (identity if none was removed)."""
 CENTRE_META_KEY = "canonical_centre"
 """Image meta key holding the world point (mm) the rotation is about."""
-
-
-def rotation_matrix(angles_deg: Sequence[float]) -> np.ndarray:
-    """``Rz(az) @ Ry(ay) @ Rx(ax)`` for angles ``(ax, ay, az)`` in degrees; shape (3, 3)."""
-    ax, ay, az = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
-    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
-    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def rotation_angles(rotation: np.ndarray) -> tuple[float, float, float]:
-    """Angles ``(ax, ay, az)`` in degrees with ``rotation_matrix(angles) == rotation`` (ay in [-90, 90])."""
-    r = np.asarray(rotation, dtype=np.float64)
-    ay = math.asin(float(np.clip(-r[2, 0], -1.0, 1.0)))
-    ax = math.atan2(r[2, 1], r[2, 2])
-    az = math.atan2(r[1, 0], r[0, 0])
-    return tuple(float(np.rad2deg(a)) for a in (ax, ay, az))
 
 
 @dataclass

@@ -17,6 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from textseg.geometry import rotation_matrix
+
 __all__ = ["PHANTOM_LABELS", "PhantomCase", "make_phantom", "make_phantom_dataset"]
 
 PHANTOM_LABELS: dict[int, str] = {
@@ -90,14 +92,6 @@ class PhantomCase:
             os.replace(tmp, path)
 
 
-def _rotation(degrees: Sequence[float]) -> np.ndarray:
-    ax, ay, az = np.deg2rad(np.asarray(degrees, dtype=np.float64))
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def _wobble(rng: np.random.Generator, unit: np.ndarray, amplitude: float) -> np.ndarray:
     """Smooth random radial factor 1 + sum of low-frequency waves over directions ``unit`` [3, N]."""
     factor = np.ones(unit.shape[1])
@@ -109,7 +103,7 @@ def _wobble(rng: np.random.Generator, unit: np.ndarray, amplitude: float) -> np.
 
 
 def _ellipsoid(points: np.ndarray, centre, semi_axes, rng: np.random.Generator, tilt_deg: float = 12.0) -> np.ndarray:
-    local = _rotation(rng.uniform(-tilt_deg, tilt_deg, size=3)).T @ (points - np.asarray(centre)[:, None])
+    local = rotation_matrix(rng.uniform(-tilt_deg, tilt_deg, size=3)).T @ (points - np.asarray(centre)[:, None])
     scaled = local / np.asarray(semi_axes)[:, None]
     radius = np.linalg.norm(scaled, axis=0)
     unit = scaled / np.maximum(radius, 1e-6)
@@ -179,7 +173,7 @@ def make_phantom(
     world = spacing[:, None] * grid + origin[:, None]
     # anatomy coordinates: undo the requested rotation about the FOV centre
     centre = ((_FOV_LOW + _FOV_HIGH) / 2)[:, None]
-    points = _rotation(rotation_deg).T @ (world - centre) + centre
+    points = rotation_matrix(rotation_deg).T @ (world - centre) + centre
 
     scale = rng.uniform(0.9, 1.1)
     x, y, z = points

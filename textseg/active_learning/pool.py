@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from textseg.geometry import bbox_to_grid
+
 from .strategies import (
     SCHEDULES,
     Patch,
@@ -266,41 +268,3 @@ def select_next(
     if power:
         out["beta"] = beta
     return out
-
-
-def bbox_to_grid(
-    bbox: Sequence[Sequence[float]],
-    from_affine: np.ndarray,
-    to_affine: np.ndarray,
-    to_shape: Sequence[int],
-) -> list[list[int]]:
-    """Map a voxel bounding box from one grid to another through world coordinates.
-
-    The 8 corners of ``[[x0, y0, z0], [x1, y1, z1]]`` (voxel edges: start inclusive, stop exclusive) go
-    to world coordinates with ``from_affine`` and to the other grid with ``inv(to_affine)``; the result is
-    the smallest box of whole voxels that holds them, clipped to ``to_shape``.
-
-    Args:
-        bbox: start and stop voxel indices on the source grid.
-        from_affine: ``[4, 4]`` voxel-to-world matrix of the source grid (e.g. the network's input).
-        to_affine: ``[4, 4]`` voxel-to-world matrix of the target grid (e.g. the image as stored).
-        to_shape: spatial shape of the target grid.
-
-    Returns:
-        ``[[x0, y0, z0], [x1, y1, z1]]`` on the target grid.
-
-    Raises:
-        ValueError: the box lies entirely outside the target grid.
-    """
-    start, stop = np.asarray(bbox[0], dtype=float), np.asarray(bbox[1], dtype=float)
-    dims = len(start)
-    corners = np.array([[stop[d] if (k >> d) & 1 else start[d] for d in range(dims)] for k in range(2 ** dims)])
-    # voxel centres are integer indices: a voxel's edges are at index -/+ 0.5
-    edges = np.concatenate([corners - 0.5, np.ones((len(corners), 1))], axis=1)
-    world = edges @ np.asarray(from_affine, dtype=float).T
-    target = (world @ np.linalg.inv(np.asarray(to_affine, dtype=float)).T)[:, :dims] + 0.5
-    lo = np.clip(np.floor(target.min(0) + 1e-6), 0, None).astype(int)
-    hi = np.minimum(np.ceil(target.max(0) - 1e-6), np.asarray(to_shape)).astype(int)
-    if np.any(hi <= lo):
-        raise ValueError(f"box {np.asarray(bbox).tolist()} lies outside the target grid of shape {tuple(to_shape)}.")
-    return [lo.tolist(), hi.tolist()]
