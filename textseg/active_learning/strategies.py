@@ -478,6 +478,39 @@ def _random_patch(ctx: QueryContext, image: str, centre: Sequence[int] | None) -
     return Patch(image, start, patch)
 
 
+def _draw_patches(
+    ctx: QueryContext,
+    budget: int,
+    next_image: Callable[[], str],
+    centres: Callable[[str], np.ndarray | None | bool],
+    trials_per_image: int,
+) -> list[Patch]:
+    """The random baselines' loop: take an image, draw a patch (uniform, or centred on one of ``centres``),
+    redraw while it overlaps labelled voxels, up to ``trials_per_image`` times, then move on.
+
+    ``centres(image)`` returns candidate centre voxels ``[N, 3]``, None for a uniform position, or False
+    to skip the image.
+    """
+    occupied = _occupied_all(ctx)
+    chosen: list[Patch] = []
+    attempts = 0
+    while len(chosen) < budget and attempts < budget * trials_per_image * 2:
+        image = next_image()
+        locations = centres(image)
+        if locations is False:
+            attempts += 1
+            continue
+        for _ in range(trials_per_image):
+            attempts += 1
+            centre = None if locations is None else locations[int(ctx.rng.integers(len(locations)))]
+            patch = _random_patch(ctx, image, centre)
+            if not _overlaps(occupied[image], patch):
+                _take(occupied, patch)
+                chosen.append(patch)
+                break
+    return _finish(ctx, chosen, budget, occupied)
+
+
 def random_query(ctx: QueryContext, budget: int, trials_per_image: int = 50) -> list[Patch]:
     """Uniform random patches (nnActive ``random``): an image drawn uniformly, a patch position drawn
     uniformly inside it, rejected and redrawn if it overlaps labelled voxels.
@@ -491,20 +524,8 @@ def random_query(ctx: QueryContext, budget: int, trials_per_image: int = 50) -> 
         ``budget`` non-overlapping patches.
     """
     _check_query(ctx, budget)
-    occupied = _occupied_all(ctx)
     images = sorted(ctx.shapes)
-    chosen: list[Patch] = []
-    attempts = 0
-    while len(chosen) < budget and attempts < budget * trials_per_image * 2:
-        image = images[int(ctx.rng.integers(len(images)))]
-        for _ in range(trials_per_image):
-            attempts += 1
-            patch = _random_patch(ctx, image, None)
-            if not _overlaps(occupied[image], patch):
-                _take(occupied, patch)
-                chosen.append(patch)
-                break
-    return _finish(ctx, chosen, budget, occupied)
+    return _draw_patches(ctx, budget, lambda: images[int(ctx.rng.integers(len(images)))], lambda image: None, trials_per_image)
 
 
 def _border(mask: np.ndarray) -> np.ndarray:
@@ -544,39 +565,27 @@ def foreground_random_query(ctx: QueryContext, budget: int, foreground_ratio: fl
         raise ValueError(f"foreground_ratio must be in [0, 1], got {foreground_ratio}.")
     if ctx.labels is None:
         raise ValueError("foreground-aware random needs label maps (ctx.labels): the oracle's, or a prediction.")
-    occupied = _occupied_all(ctx)
     images = sorted(ctx.shapes)
-    chosen: list[Patch] = []
-    cursor = 0
-    order = list(ctx.rng.permutation(images))
-    attempts = 0
-    while len(chosen) < budget and attempts < budget * trials_per_image * 2:
-        if cursor == len(order):
-            order, cursor = list(ctx.rng.permutation(images)), 0
-        image = str(order[cursor])
-        cursor += 1
+    order = {"images": list(ctx.rng.permutation(images)), "cursor": 0}
+
+    def next_image() -> str:  # the images in a random order, reshuffled after each pass
+        if order["cursor"] == len(order["images"]):
+            order["images"], order["cursor"] = list(ctx.rng.permutation(images)), 0
+        order["cursor"] += 1
+        return str(order["images"][order["cursor"] - 1])
+
+    def centres(image: str) -> np.ndarray | None | bool:
         label = np.asarray(ctx.labels[image])
         area = "all" if ctx.rng.random() >= foreground_ratio else ("seg" if ctx.rng.random() < 0.5 else "border")
-        locations = None
-        if area != "all":
-            present = [int(c) for c in np.unique(label) if c > 0]
-            if not present:
-                attempts += 1
-                continue  # no foreground in this image: try the next one (as nnActive)
-            cls = present[int(ctx.rng.integers(len(present)))]
-            region = label == cls
-            if area == "border":
-                region = _border(region)
-            locations = np.argwhere(region)
-        for _ in range(trials_per_image):
-            attempts += 1
-            centre = None if locations is None else locations[int(ctx.rng.integers(len(locations)))]
-            patch = _random_patch(ctx, image, centre)
-            if not _overlaps(occupied[image], patch):
-                _take(occupied, patch)
-                chosen.append(patch)
-                break
-    return _finish(ctx, chosen, budget, occupied)
+        if area == "all":
+            return None
+        present = [int(c) for c in np.unique(label) if c > 0]
+        if not present:
+            return False  # no foreground in this image: try the next one (as nnActive)
+        region = label == present[int(ctx.rng.integers(len(present)))]
+        return np.argwhere(_border(region) if area == "border" else region)
+
+    return _draw_patches(ctx, budget, next_image, centres, trials_per_image)
 
 
 def predictive_entropy_query(ctx: QueryContext, budget: int) -> list[Patch]:
