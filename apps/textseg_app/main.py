@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TextSegApp", "MODEL_CONFIGS"]
 
-MODEL_CONFIGS = {"text_prompt": lib.configs.TextPrompt, "all_structures": lib.configs.AllStructures}
+MODEL_CONFIGS = {"text_prompt": lib.configs.TextPrompt, "all_structures": lib.configs.AllStructures, "interactive": lib.configs.Interactive}
 """Model name -> TaskConfig class (one file each in lib/configs)."""
 
 

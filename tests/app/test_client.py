@@ -33,7 +33,7 @@ def _status(error: MONAILabelClientException) -> int:
 def test_info_lists_both_models_with_vocabulary_labels(client):
     info = client.info()
     vocabulary = load_vocabulary()
-    assert set(info["models"]) == {"text_prompt", "all_structures"}
+    assert set(info["models"]) == {"text_prompt", "all_structures", "interactive"}
     for model in info["models"].values():
         assert model["labels"] == {n: vocabulary[n].id for n in CLASS_NAMES}
         assert model["label_colors"] == {n: list(vocabulary[n].color) for n in CLASS_NAMES}

@@ -1,5 +1,6 @@
 """Infer tasks of the textseg app."""
 
+from .interactive import InteractiveInferTask
 from .text_prompt import TextPromptInferTask
 
-__all__ = ["TextPromptInferTask"]
+__all__ = ["InteractiveInferTask", "TextPromptInferTask"]
