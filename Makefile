@@ -7,7 +7,7 @@ PROMPT ?= segment the liver and kidneys
 IMAGE ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test serve simulate clean-outputs rotation
+.PHONY: setup demo test serve simulate clean-outputs rotation clicks robustness
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,11 +39,21 @@ ROTATION_ARGS ?=
 rotation: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_rotation.py $(ROTATION_ARGS)
 
+# Click benchmark (README: "Orientation robustness and spatial prompts"): Dice after 0..5 corrective clicks; trains the
+# tiny interactive model first when its checkpoint is missing or stale. CLICKS_ARGS e.g. "--seeds 1001 --modes sliding_window".
+CLICKS_ARGS ?=
+
+clicks: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_clicks.py $(CLICKS_ARGS)
+
+# Issue 8 in one command: the rotation table (outputs/rotation) and the click curves (outputs/clicks).
+robustness: rotation clicks
+
 # MONAI Label app (README: "MONAI Label app"): phantom studies (or STUDIES=folder or DICOMweb URL) on 127.0.0.1.
 STUDIES ?= data/serve/studies
 CHECKPOINT ?= bundles/text_prompted_ct_segmentation/models/model_tiny.pt
 PORT ?= 8000
-MODELS ?= text_prompt,all_structures
+MODELS ?= text_prompt,all_structures,interactive
 
 serve: setup
 	@test -f "$(CHECKPOINT)" || { echo "make serve: no trained checkpoint at $(CHECKPOINT)."; \
