@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import tempfile
 import urllib.request
@@ -100,3 +102,70 @@ def test_ohif_renders_and_lists_the_orthanc_study(chromium, dicomweb_server, ort
     shot = ARTIFACTS / "ohif_study_list.png"
     out = _chromium(chromium, f"--screenshot={shot}", url)
     assert out.returncode == 0 and shot.stat().st_size > 10_000, out.stderr[-2000:]
+
+
+def _ohif_label_map(info: dict, model: str) -> dict[int, str]:
+    """Index -> name for a model, built from /info the way OHIF's MONAI Label panel builds it."""
+    labels = info["models"][model]["labels"]
+    if isinstance(labels, list):
+        return {i: name for i, name in enumerate(labels, start=1)}
+    return {int(i): name for name, i in labels.items()}
+
+
+def test_ohif_panel_request_with_a_typed_prompt_returns_labels_ohif_can_show(dw_client, dicomweb_server, orthanc, tmp_path):
+    """The request OHIF's MONAI Label panel sends for "Auto-Segmentation" (monailabel 0.8.5 OHIF extension:
+    ``infer(model, SeriesInstanceUID, params)`` with the Options tab's values), the prompt typed there."""
+    import nrrd
+    import requests
+
+    info = dw_client.info()
+    model = info["models"]["text_prompt"]
+    assert model["type"] == "segmentation"  # the panel lists deepgrow, deepedit, vista3d and segmentation models
+    assert "prompt" in model["config"]  # the Options tab shows the model's config: that is where the prompt is typed
+    series_uid = sorted(orthanc.series)[0]
+    params = {"prompt": "segment the liver and kidneys", "result_extension": ".nrrd", "result_dtype": "uint8",
+              "result_compress": False, "restore_label_idx": False}
+    response = requests.post(f"{dicomweb_server.url}/infer/text_prompt", params={"image": series_uid, "output": "image"},
+                             files={"params": (None, json.dumps(params))}, timeout=600)
+    assert response.status_code == 200, response.text[:2000]
+    path = tmp_path / "ohif_result.nrrd"
+    path.write_bytes(response.content)
+    data, header = nrrd.read(str(path))
+    assert data.dtype == np.uint8 and data.shape == orthanc.series[series_uid].image.shape
+    names = _ohif_label_map(info, "text_prompt")
+    values = {int(v) for v in np.unique(data)} - {0}
+    assert values <= {i for i, n in names.items() if n in ("liver", "kidney_left", "kidney_right")}, (values, names)
+
+
+def test_ohif_text_prompt_typed_in_the_panel_segments_the_study(chromium, dicomweb_server, orthanc):
+    """A user's path in a real Chromium: open the study in OHIF's MONAI Label mode, connect the panel to the
+    app, type a prompt in Options / Configurations, run Auto-Segmentation, see the labels."""
+    from .browser import Browser
+
+    study_uid = orthanc.get_json("/dicom-web/studies?PatientID=TEXTSEG0031")[0]["0020000D"]["Value"][0]
+    server = dicomweb_server.url
+    prompt = "the spleen and the left kidney"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with Browser(chromium, timeout=120) as b:
+        b.set_cookie("MONAILABEL_SERVER_URL", server + "/", server)  # the panel's server (default :8000)
+        b.goto(f"{server}/ohif/monai-label?StudyInstanceUIDs={study_uid}")
+        b.wait_for("!!document.querySelector('.monaiLabelPanel button.actionButton')", 120, "the MONAI Label panel")
+        b.click(".monaiLabelPanel button.actionButton")  # connect: the panel reads /info
+        panel = b.wait_for("(t => t.includes('text_prompt') && t)(document.querySelector('.monaiLabelPanel').innerText)", 60,
+                           "the app's models in the panel")
+        assert "all_structures" in panel and "clasp_pe" in panel  # models and active-learning strategies
+        b.click(".monaiLabelPanel a", "Options")
+        b.wait_for("!!document.querySelector('#infertext_promptprompt')", 30, "the prompt option")
+        b.type_into("#infertext_promptprompt", prompt)
+        b.click('[data-cy="Confirm-btn"]')
+        b.click('.monaiLabelPanel button[title="Run Segmentation"]')
+        b.wait_for("document.body.innerText.includes('Running Segmentation - Successful') "
+                   "|| document.body.innerText.includes('Failed to Run')", 600, "the segmentation result")
+        b.screenshot(ARTIFACTS / "ohif_text_prompt_result.png")
+        assert "Running Segmentation - Successful" in b.text()
+        (request,) = b.requests("/infer/text_prompt")
+        assert f"image={orthanc.get_json('/dicom-web/studies/' + study_uid + '/series')[0]['0020000E']['Value'][0]}" \
+            in request["request"]["url"]
+        form = re.search(r'name="params"\s+(\{.*?\})\s+--', b.post_data(request["requestId"]), re.S)
+        assert form and json.loads(form.group(1))["prompt"] == prompt
+        assert b.response_status(request["requestId"]) == 200

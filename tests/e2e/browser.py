@@ -1,0 +1,138 @@
+"""A headless Chromium driven over the DevTools protocol (CDP): navigate, set a cookie, run JavaScript, click,
+type, take screenshots. Just what the OHIF tests need; needs ``websocket-client``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import websocket
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,800"]
+
+
+class Browser:
+    """``with Browser(chromium) as b: b.goto(url); b.wait_for("document.title"); b.screenshot(path)``."""
+
+    def __init__(self, chromium: str, timeout: float = 60.0):
+        self.chromium = chromium
+        self.timeout = timeout
+        self._id = 0
+        self.events: list[dict] = []  # CDP events received so far (Network.*, Page.*)
+
+    def __enter__(self) -> "Browser":
+        self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)  # chromium helpers may still write
+        self.process = subprocess.Popen(
+            [self.chromium, *FLAGS, f"--user-data-dir={self._profile.name}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.time() + self.timeout
+        port = None
+        while port is None and time.time() < deadline:
+            line = self.process.stderr.readline()
+            if not line and self.process.poll() is not None:
+                raise RuntimeError("chromium exited before opening its DevTools port")
+            match = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
+            port = int(match.group(1)) if match else None
+        if port is None:
+            raise TimeoutError("chromium did not open its DevTools port")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            page = next(t for t in json.loads(r.read()) if t["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=self.timeout, suppress_origin=True)
+        self.send("Page.enable")
+        self.send("Network.enable")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self._profile.cleanup()
+
+    def send(self, method: str, **params) -> dict:
+        """One CDP command; returns its result (events in between are dropped)."""
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self._id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            if "method" in message:
+                self.events.append(message)
+
+    def goto(self, url: str) -> None:
+        self.send("Page.navigate", url=url)
+
+    def set_cookie(self, name: str, value: str, url: str) -> None:
+        self.send("Network.setCookie", name=name, value=value, url=url)
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression (promises awaited)."""
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails'].get('exception', {}).get('description')}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float | None = None, what: str | None = None):
+        """Poll a JavaScript expression until it is truthy; returns its value."""
+        deadline = time.time() + (timeout or self.timeout)
+        while time.time() < deadline:
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError:
+                value = None
+            if value:
+                return value
+            time.sleep(0.5)
+        raise TimeoutError(f"timed out waiting for {what or expression}")
+
+    def click(self, selector: str, text: str | None = None) -> None:
+        """Click the first element matching a CSS selector (and holding ``text``, when given)."""
+        found = self.evaluate(
+            f"(() => {{ const e = [...document.querySelectorAll({json.dumps(selector)})]"
+            f".find(e => {json.dumps(text)} === null || e.innerText.includes({json.dumps(text)}));"
+            " if (!e) return false; e.click(); return true; })()"
+        )
+        if not found:
+            raise LookupError(f"nothing to click at {selector!r}" + (f" with text {text!r}" if text else ""))
+
+    def type_into(self, selector: str, text: str) -> None:
+        """Replace an input's value as a user would: focus, select all, type (React sees real input events)."""
+        if not self.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return false;"
+                             " e.focus(); e.select(); return true; })()"):
+            raise LookupError(f"no input at {selector!r}")
+        self.send("Input.insertText", text=text)
+
+    def requests(self, url_part: str) -> list[dict]:
+        """``Network.requestWillBeSent`` events whose URL contains ``url_part``."""
+        return [e["params"] for e in self.events
+                if e["method"] == "Network.requestWillBeSent" and url_part in e["params"]["request"]["url"]]
+
+    def response_status(self, request_id: str) -> int | None:
+        for e in self.events:
+            if e["method"] == "Network.responseReceived" and e["params"]["requestId"] == request_id:
+                return int(e["params"]["response"]["status"])
+        return None
+
+    def post_data(self, request_id: str) -> str:
+        return self.send("Network.getRequestPostData", requestId=request_id).get("postData", "")
+
+    def text(self) -> str:
+        return self.evaluate("document.body ? document.body.innerText : ''") or ""
+
+    def screenshot(self, path: str | Path) -> Path:
+        data = self.send("Page.captureScreenshot", format="png")["data"]
+        path = Path(path)
+        path.write_bytes(base64.b64decode(data))
+        return path
