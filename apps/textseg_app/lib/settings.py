@@ -55,12 +55,7 @@ class AppSettings:
         )
         configs = ("inference.json", *overlays)
         bundle_config_files(bundle_dir, configs)  # clear error when a config is missing
-        ckpt_name = read_config_value(bundle_dir, "inference.json", "ckpt_name")
-        for name in overlays:
-            try:
-                ckpt_name = read_config_value(bundle_dir, name, "ckpt_name")
-            except KeyError:
-                pass
+        ckpt_name = _overlaid_value(bundle_dir, configs, "ckpt_name")
         checkpoint = Path(conf.get("checkpoint") or bundle_dir / "models" / ckpt_name).resolve()
         device = str(conf.get("device", "auto")).lower()
         if device in ("auto", ""):
@@ -76,16 +71,9 @@ class AppSettings:
         """The configs merged on top of ``inference.json``/``train.json``."""
         return self.configs[1:]
 
-    @property
-    def inference_roi_size(self) -> tuple[int, ...]:
-        """Sliding-window size of the bundle's inference configs (``roi_size``)."""
-        roi = read_config_value(self.bundle_dir, "inference.json", "roi_size")
-        for name in self.overlays:
-            try:
-                roi = read_config_value(self.bundle_dir, name, "roi_size")
-            except KeyError:
-                pass
-        return tuple(int(r) for r in roi)
+    def config_value(self, key: str):
+        """A plain value of the inference configs, the last overlay that sets it winning (e.g. ``roi_size``)."""
+        return _overlaid_value(self.bundle_dir, self.configs, key)
 
     def missing_checkpoint_message(self) -> str:
         """What to do when there is no checkpoint yet."""
@@ -94,6 +82,17 @@ class AppSettings:
             f"bundles/text_prompted_ct_segmentation/models/model_tiny.pt), with `textseg train --tiny`, "
             f"or pass --conf checkpoint <path to model .pt>."
         )
+
+
+def _overlaid_value(bundle_dir: Path, configs: tuple[str, ...], key: str):
+    """``key`` from the first config, replaced by every later config (overlay) that sets it."""
+    value = read_config_value(bundle_dir, configs[0], key)
+    for name in configs[1:]:
+        try:
+            value = read_config_value(bundle_dir, name, key)
+        except KeyError:
+            pass
+    return value
 
 
 def _active_learning_conf(conf: dict) -> dict:

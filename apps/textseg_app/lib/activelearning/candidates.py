@@ -106,7 +106,7 @@ class ImageScorer:
         self.class_names: list[str] = list(parser["class_names"])
         self.transform = Compose(parser.get_parsed_content("ct_transforms"))
         self.embeddings = parser.get_parsed_content("class_embeddings")
-        self.roi_size = settings.inference_roi_size
+        self.roi_size = tuple(int(r) for r in settings.config_value("roi_size"))
         self._parser = parser
         self._network = None
         self._network_tag = None

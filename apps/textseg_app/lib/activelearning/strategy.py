@@ -11,7 +11,6 @@ import numpy as np
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from textseg.active_learning import bbox_to_grid, get_strategy, select_next
-from textseg.bundle import read_config_value
 
 from lib.activelearning.candidates import CandidateStore, ImageScorer
 from lib.activelearning.scoring import UncertaintyScoring, records_dir, score_images
@@ -81,18 +80,9 @@ class TextsegStrategy(Strategy):
         image = nib.load(path)
         shape = [int(s) for s in image.shape[:3]]
         zooms = [float(z) for z in image.header.get_zooms()[:3]]
-        pixdim = self._pixdim()
+        pixdim = [float(p) for p in self.settings.config_value("pixdim")]
         patch = [min(s, max(1, math.ceil(self.settings.active_learning_patch_size * p / z))) for s, p, z in zip(shape, pixdim, zooms)]
         return {"shape": shape, "patch_size": patch, "image_affine": np.asarray(image.affine, dtype=float).tolist(), "image_shape": shape}
-
-    def _pixdim(self) -> list[float]:
-        pixdim = read_config_value(self.settings.bundle_dir, "inference.json", "pixdim")
-        for name in self.settings.overlays:
-            try:
-                pixdim = read_config_value(self.settings.bundle_dir, name, "pixdim")
-            except KeyError:
-                pass
-        return [float(p) for p in pixdim]
 
 
 def _world_corners(bbox, affine: np.ndarray) -> list[list[float]]:
