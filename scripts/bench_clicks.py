@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom grid (default: the whole phantom field of view)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "data" / "click_bench")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "clicks")
+    parser.add_argument("--click-radius", type=float, default=3.0,
+                        help="clicks also as hard constraints: ball radius in voxels (0: the network's guidance only)")
     parser.add_argument("--strict", action="store_true", help="exit status 1 when the Dice does not rise at every click")
     args = parser.parse_args(argv)
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                      ckpt_dir=str(checkpoint.parent.resolve()), ckpt_name=checkpoint.name)
     cases = make_click_cases(args.work_dir, args.seeds, spacing=(args.spacing,) * 3, shape=args.shape)
     result = run_click_benchmark(checkpoint, cases, bundle_dir=args.bundle, configs=("inference.json", *OVERLAYS),
-                                 num_clicks=args.clicks, modes=args.modes)
+                                 num_clicks=args.clicks, modes=args.modes, click_radius=args.click_radius)
     paths = write_report(result, args.out)
     print(markdown_table(result["summary"]))
     met = all(result["monotonic"].values())

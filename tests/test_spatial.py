@@ -301,3 +301,18 @@ def test_a_click_on_an_organ_lands_on_it_after_preprocessing(tmp_path, flip):
         (mapped,) = points_to_grid([click], data["image"].meta["original_affine"], data["image"].affine)
         voxel = tuple(int(round(c)) for c in mapped)
         assert int(data["label"][0][voxel]) == ids[organ], f"a click on the {organ} landed elsewhere"
+
+
+def test_clicks_as_hard_constraints():
+    from textseg.spatial import constrain_to_clicks
+
+    probs = torch.full((20, 20, 20), 0.3)
+    out = constrain_to_clicks(probs, positive_points=[(5, 5, 5)], negative_points=[(15, 15, 15), (6, 5, 5)], radius=2)
+    assert torch.equal(probs, torch.full((20, 20, 20), 0.3)), "the input is not modified"
+    assert out[5, 5, 3] == 1.0 and out[5, 7, 5] == 1.0 and out[5, 5, 2] == pytest.approx(0.3), "a ball of radius 2 around the click"
+    assert out[6, 5, 5] == 0.0 and out[4, 5, 5] == 0.0, "negative clicks win where the balls overlap"
+    assert out[15, 15, 13] == 0.0 and out[15, 15, 12] == pytest.approx(0.3)
+    assert (out == 1.0).sum() < (4 / 3 * np.pi * 8) and (out == 0.0).sum() > 30
+    assert torch.equal(constrain_to_clicks(probs, [(5, 5, 5)], radius=0), probs)
+    with pytest.raises(SpatialPromptError, match="outside the volume"):
+        constrain_to_clicks(probs, [(25, 5, 5)])

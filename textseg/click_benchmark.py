@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textseg.spatial import GuidedSlidingWindowInferer, encode_spatial_prompts, next_corrective_click, zoom_out_zoom_in
+from textseg.spatial import GuidedSlidingWindowInferer, constrain_to_clicks, encode_spatial_prompts, next_corrective_click, zoom_out_zoom_in
 
 __all__ = [
     "INTERACTIVE_CONFIGS",
@@ -115,6 +115,7 @@ def click_curves(
     sw_batch_size: int = 4,
     threshold: float = 0.5,
     sigma: float = 2.0,
+    click_radius: float = 0.0,
     progress=None,
 ) -> dict[str, list[dict]]:
     """Dice of each structure after 0..``num_clicks`` corrective clicks on one image.
@@ -130,6 +131,9 @@ def click_curves(
         sw_batch_size: windows per forward pass (sliding window).
         threshold: probability of foreground.
         sigma: Gaussian radius of a click, in voxels.
+        click_radius: when positive, clicks are also hard constraints (:func:`textseg.spatial.constrain_to_clicks`):
+            the ball of this radius (voxels) around a positive click is foreground, around a negative click background;
+            0 measures what the network makes of the guidance alone.
         progress: optional tqdm bar, advanced once per inference round.
 
     Returns:
@@ -167,6 +171,9 @@ def click_curves(
                     probs.append(zoom_out_zoom_in(stacked, predictor, roi_size, threshold=threshold,
                                                   include_points=clicks[name]["positive"])[0, 0])
                 probs = torch.stack(probs)
+        if click_radius > 0:
+            probs = torch.stack([constrain_to_clicks(probs[k], clicks[n]["positive"], clicks[n]["negative"], click_radius)
+                                 for k, n in enumerate(names)])
         if progress is not None:
             progress.update(1)
         return (probs >= threshold).cpu().numpy()
@@ -194,6 +201,7 @@ def run_click_benchmark(
     label_map: Mapping[int, str] | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    click_radius: float = 0.0,
 ) -> dict:
     """Click curves of the interactive model on labelled cases.
 
@@ -206,6 +214,7 @@ def run_click_benchmark(
         label_map: label id -> vocabulary name (default: the phantom's).
         device: default CUDA when available.
         progress: show a tqdm progress bar.
+        click_radius: clicks also as hard constraints of this radius (voxels; see :func:`click_curves`), 0 for none.
 
     Returns:
         ``{"rows": [...], "summary": [...], "monotonic": {mode: bool}, "seconds", ...}``: one row per case, mode,
@@ -247,7 +256,7 @@ def run_click_benchmark(
                     raise ValueError(f"{case['label']}: none of the model's structures is labelled.")
                 embeddings = all_embeddings[[class_names.index(n) for n in targets]]
                 curves = click_curves(network, torch.as_tensor(data["image"]), targets, embeddings, roi_size, num_clicks, mode,
-                                      sw_batch_size, threshold, progress=bar)
+                                      sw_batch_size, threshold, click_radius=click_radius, progress=bar)
                 for name, curve in curves.items():
                     for point in curve:
                         rows.append({"case": Path(case["image"]).name, "mode": mode, "structure": name, **point})
@@ -257,7 +266,7 @@ def run_click_benchmark(
     summary = summarize_clicks(rows)
     return {"rows": rows, "summary": summary, "monotonic": {m: is_monotonic(summary, m) for m in modes},
             "seconds": round(time.time() - started, 1), "mode_seconds": seconds, "checkpoint": str(checkpoint),
-            "configs": list(configs), "cases": [c["image"] for c in cases], "num_clicks": num_clicks}
+            "configs": list(configs), "cases": [c["image"] for c in cases], "num_clicks": num_clicks, "click_radius": click_radius}
 
 
 def summarize_clicks(rows: Sequence[Mapping]) -> list[dict]:
@@ -305,8 +314,10 @@ def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]
     write_atomic(paths["json"], json.dumps(result, indent=2))
     verdicts = ", ".join(f"{m}: {'rises at every click' if ok else 'does NOT rise at every click'} 1→{result['num_clicks']}"
                          for m, ok in result["monotonic"].items())
+    constraint = (f"clicks also hard constraints within {result.get('click_radius', 0):g} voxels" if result.get("click_radius")
+                  else "clicks through the network's guidance only")
     note = ("Mean ± std Dice over (case, structure) after 0..N simulated corrective clicks (0 = text only), on the "
-            f"network's grid. {verdicts}.\n")
+            f"network's grid; {constraint}. {verdicts}.\n")
     write_atomic(paths["markdown"], note + "\n" + markdown_table(result["summary"]) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode in dict.fromkeys(s["mode"] for s in result["summary"]):

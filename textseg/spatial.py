@@ -37,6 +37,7 @@ __all__ = [
     "infer_with_guidance",
     "PrepareBatchGuidance",
     "points_to_grid",
+    "constrain_to_clicks",
 ]
 
 GUIDANCE_CHANNELS = ("positive_points", "negative_points", "box")
@@ -428,4 +429,44 @@ def points_to_grid(points: Sequence[Sequence[float]], source_affine: np.ndarray 
         if len(point) != mapping.shape[0] - 1:
             raise SpatialPromptError(f"point {point} has {len(point)} coordinates; the image has {mapping.shape[0] - 1} dimensions.")
         out.append(tuple(float(c) for c in (mapping @ np.asarray(point + [1.0]))[:-1]))
+    return out
+
+
+def constrain_to_clicks(
+    scores: torch.Tensor,
+    positive_points: Sequence[Sequence[float]] = (),
+    negative_points: Sequence[Sequence[float]] = (),
+    radius: float = 3.0,
+    foreground: float = 1.0,
+    background: float = 0.0,
+) -> torch.Tensor:
+    """Clicks as hard constraints on one prompt's prediction, as an annotator expects them to act: every voxel
+    within ``radius`` voxels of a positive click becomes ``foreground``, of a negative click ``background``
+    (negative clicks win where both reach).
+
+    Args:
+        scores: probabilities or logits [*S] (a copy is returned).
+        positive_points, negative_points: voxel coordinates in ``scores``' grid.
+        radius: ball radius in voxels (0: no change).
+        foreground, background: the values set (e.g. 1 and 0 for probabilities, +20 and -20 for logits).
+
+    Returns:
+        tensor like ``scores``.
+
+    Raises:
+        SpatialPromptError: a point outside the volume.
+    """
+    out = scores.clone()
+    if radius <= 0:
+        return out
+    shape = tuple(scores.shape)
+    reach = int(np.ceil(radius))
+    for points, value, what in ((positive_points, foreground, "positive point"), (negative_points, background, "negative point")):
+        for point in points:
+            point = _check_point(point, shape, what)
+            window = tuple(slice(max(0, int(round(c)) - reach), min(n, int(round(c)) + reach + 1)) for c, n in zip(point, shape))
+            axes = [torch.arange(w.start, w.stop, dtype=torch.float32, device=scores.device) - c for w, c in zip(window, point)]
+            squared = sum(a.reshape([-1 if i == d else 1 for i in range(len(shape))]) ** 2 for d, a in enumerate(axes))
+            region = out[window]
+            region[squared <= radius**2] = value
     return out

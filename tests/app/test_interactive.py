@@ -43,7 +43,8 @@ def test_a_click_on_an_organ_gives_a_mask_on_that_organ(client, app_studies, org
     ids, ref_img = _reference(app_studies)
     organ_id = load_vocabulary()[organ].id
     click = _deepest_voxel(ids == organ_id)
-    path, result = client.infer("interactive", "case_21", {"foreground": [click], "background": [], **params})
+    # click_radius 0: the mask comes from the network's guidance alone, not from the click constraint
+    path, result = client.infer("interactive", "case_21", {"foreground": [click], "background": [], "click_radius": 0, **params})
     assert result["structure"] == organ and result["label_names"] == {organ: organ_id}
     out = nib.load(path)
     assert out.shape[:3] == ref_img.shape and np.allclose(out.affine, ref_img.affine, atol=1e-3)
@@ -78,6 +79,7 @@ def test_clicks_without_text_and_a_background_click(client, app_studies):
     ({"foreground": [[1, 2]], "label": "liver"}, "3 numbers"),
     ({"foreground": "liver", "label": "liver"}, "list of [x, y, z]"),
     ({"label": "kidneys"}, "segments one structure"),
+    ({"label": "liver", "foreground": [[10, 10, 10]], "click_radius": "wide"}, "click_radius must be a number"),
     ({"label": "flux capacitor", "foreground": [[10, 10, 10]]}, "flux capacitor"),
 ])
 def test_bad_clicks_answer_400_with_a_message(client, params, message):

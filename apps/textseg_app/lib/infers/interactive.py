@@ -14,15 +14,26 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from textseg.prompts import prompt_structures
-from textseg.spatial import SpatialPromptError, _check_box, _check_point, encode_spatial_prompts, infer_with_guidance, points_to_grid
+from textseg.spatial import (
+    SpatialPromptError,
+    _check_box,
+    _check_point,
+    constrain_to_clicks,
+    encode_spatial_prompts,
+    infer_with_guidance,
+    points_to_grid,
+)
 from textseg.vocabulary import load_vocabulary
 
 from lib.infers.text_prompt import TextPromptInferTask
 from lib.settings import AppSettings
 
-__all__ = ["InteractiveInferTask", "parse_points"]
+__all__ = ["InteractiveInferTask", "parse_points", "DEFAULT_CLICK_RADIUS"]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_CLICK_RADIUS = 3.0
+"""Clicks are also hard constraints within this many voxels of the network's grid (``params.click_radius``; 0: off)."""
 
 
 def parse_points(value: Any, what: str) -> list[list[float]]:
@@ -53,14 +64,16 @@ class InteractiveInferTask(TextPromptInferTask):
     clicks, all classes answered in one pass). Clicks are mapped through world coordinates onto the network's grid
     (after orientation, resampling and any canonicalization) and encoded as guidance
     (:func:`textseg.spatial.encode_spatial_prompts`). The result is a label map of the structure's vocabulary id on
-    the image's grid. Points outside the image, empty boxes or boxes of negative size answer 400 with a message.
+    the image's grid. Clicks also act as hard constraints within ``click_radius`` voxels of the network's grid
+    (:func:`textseg.spatial.constrain_to_clicks`; default :data:`DEFAULT_CLICK_RADIUS`, 0 leaves the network's
+    answer as it is). Points outside the image, empty boxes or boxes of negative size answer 400 with a message.
     """
 
     def __init__(self, settings: AppSettings, description: str = "Interactive segmentation: clicks (foreground/background), "
                  "optional box and optional label or prompt"):
         super().__init__(settings, default_prompt="", description=description)
         self.type = InferType.DEEPGROW
-        self._config.update({"label": "", "foreground": [], "background": []})
+        self._config.update({"label": "", "foreground": [], "background": [], "click_radius": DEFAULT_CLICK_RADIUS})
 
     # --- request handling ------------------------------------------------------------------------------
     def candidates_of(self, request: dict) -> list[str]:
@@ -101,6 +114,18 @@ class InteractiveInferTask(TextPromptInferTask):
                 _check_box(b, (2**31,) * 3)
         return prompts
 
+    @staticmethod
+    def click_radius_of(request: dict) -> float:
+        """``params.click_radius`` (voxels of the network's grid, >= 0; default :data:`DEFAULT_CLICK_RADIUS`)."""
+        value = request.get("click_radius", DEFAULT_CLICK_RADIUS)
+        try:
+            radius = float(value)
+        except (TypeError, ValueError):
+            radius = float("nan")
+        if isinstance(value, bool) or not radius >= 0:
+            raise SpatialPromptError(f"click_radius must be a number of voxels >= 0, got {value!r}.")
+        return radius
+
     def __call__(self, request, callbacks=None):
         try:
             candidates = self.candidates_of(request)
@@ -109,6 +134,7 @@ class InteractiveInferTask(TextPromptInferTask):
             if isinstance(image, str) and Path(image).is_file() and image.endswith((".nii", ".nii.gz")):
                 shape = nib.load(image).shape[:3]
             prompts = self.spatial_prompts_of(request, shape)
+            self.click_radius_of(request)
         except SpatialPromptError as e:
             raise HTTPException(status_code=400, detail=f"bad click: {e}") from e
         if len(candidates) > 1 and not prompts["foreground"]:
@@ -164,6 +190,8 @@ class InteractiveInferTask(TextPromptInferTask):
             keep = torch.zeros(num_prompts, dtype=torch.bool, device=logits.device)
             keep[best] = True
             logits = torch.where(keep.reshape(-1, *([1] * len(spatial))), logits, torch.full_like(logits, -1e4))
+        radius = self.click_radius_of(data)
+        logits[best] = constrain_to_clicks(logits[best], positives, negatives, radius, foreground=20.0, background=-20.0)
         self._local.choice = names[best]
         data[self.output_label_key] = logits
         return data
