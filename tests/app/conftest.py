@@ -84,7 +84,9 @@ def app_server(app_studies, app_checkpoint, app_interactive_checkpoint, tmp_path
               "interactive_checkpoint": str(app_interactive_checkpoint)},
         log=work / "server.log",
         env={"MONAI_LABEL_DATASTORE_CACHE_PATH": str(work / "cache"), "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache"),
-             "MONAI_LABEL_SESSION_PATH": str(work / "sessions")},
+             "MONAI_LABEL_SESSION_PATH": str(work / "sessions"),
+             # background active-learning scoring is tested on its own server (tests/app/test_active_learning.py)
+             "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"},
     )
     with server:
         yield server

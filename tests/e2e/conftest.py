@@ -69,7 +69,9 @@ def dicomweb_server(orthanc, e2e_checkpoint, tmp_path_factory):
         conf={"models": "text_prompt,all_structures", "bundle_overlay": "tiny", "checkpoint": str(e2e_checkpoint)},
         log=work / "server.log",
         env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache"), "MONAI_LABEL_DATASTORE_CACHE_PATH": str(work / "cache"),
-             "MONAI_LABEL_SESSION_PATH": str(work / "sessions")},
+             "MONAI_LABEL_SESSION_PATH": str(work / "sessions"),
+             # background active-learning scoring is tested on its own server (tests/app/test_active_learning.py)
+             "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"},
     )
     with server:
         yield server
