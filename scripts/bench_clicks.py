@@ -7,7 +7,8 @@ Usage: python scripts/bench_clicks.py [--checkpoint bundles/text_prompted_ct_seg
 Held-out phantoms (seeds outside the demo's training seeds 0-25) are segmented by the tiny interactive bundle
 (``inference.json`` + ``tiny.json`` + ``interactive.json``) from the text alone, then after each of 1..N corrective
 clicks per structure (positive in the largest missed region, negative in the largest false positive), with the
-bundle's sliding window and with zoom-out-zoom-in. Writes ``click_benchmark.{md,json,png}`` under ``--out`` and
+bundle's sliding window and with zoom-out-zoom-in; clicks act through the network's guidance and, unless
+``--click-radius 0``, also as hard constraints within ``--click-radius`` voxels (as in the app). Writes ``click_benchmark.{md,json,png}`` under ``--out`` and
 prints whether the mean Dice rises at every click from 1 to N (the goal). Without a checkpoint, or with one that
 no longer fits the bundle (other network or prompt embeddings), the interactive model is trained first on the
 demo's phantoms (``train.json`` + ``tiny.json`` + ``interactive.json``), unless ``--no-train``.

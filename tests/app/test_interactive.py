@@ -70,6 +70,17 @@ def test_clicks_without_text_and_a_background_click(client, app_studies):
     assert mask[tuple(liver)] and not mask[tuple(spleen)]
 
 
+def test_a_box_around_an_organ_is_accepted(client, app_studies):
+    from textseg.spatial import box_from_mask
+
+    ids, _ = _reference(app_studies)
+    liver = ids == load_vocabulary()["liver"].id
+    path, result = client.infer("interactive", "case_21", {"box": box_from_mask(liver), "foreground": [_deepest_voxel(liver)],
+                                                          "label": "liver"})
+    assert result["structure"] == "liver"
+    assert set(np.unique(np.asarray(nib.load(path).dataobj)).tolist()) <= {0, load_vocabulary()["liver"].id}
+
+
 @pytest.mark.parametrize("params,message", [
     ({"foreground": [[70, 5, 5]], "label": "liver"}, "outside the volume of size (64, 64, 64)"),
     ({"foreground": [[10, 10, 10]], "background": [[-1, 5, 5]], "label": "liver"}, "background point"),

@@ -170,7 +170,8 @@ class InteractiveInferTask(TextPromptInferTask):
         positives, negatives = on_grid(prompts["foreground"]), on_grid(prompts["background"])
         boxes = []
         for box in prompts["boxes"]:
-            corners = np.array(on_grid([box[:3], [b - 1 for b in box[3:]]]))
+            last = [max(a, b - 1) for a, b in zip(box[:3], box[3:])]  # end exclusive -> last voxel
+            corners = np.array(on_grid([[(box[d], last[d])[(i >> d) & 1] for d in range(3)] for i in range(8)]))  # all 8: rotations
             boxes.append([*np.floor(corners.min(0)).tolist(), *(np.ceil(corners.max(0)) + 1).tolist()])
         guidance = encode_spatial_prompts(spatial, positives, negatives, boxes)
         network = self._get_network(device, data)
