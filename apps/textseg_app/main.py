@@ -168,8 +168,8 @@ class TextSegApp(MONAILabelApp):
                 task.targets_of(request)
             except (ValueError, UnknownStructureError) as e:
                 raise HTTPException(status_code=400, detail=f"bad prompt: {e}") from e
-            if not self.settings.checkpoint.exists():
-                raise HTTPException(status_code=503, detail=self.settings.missing_checkpoint_message())
+            if not task.settings.checkpoint.exists():  # each model's own checkpoint (interactive has its own)
+                raise HTTPException(status_code=503, detail=task.settings.missing_checkpoint_message())
         try:
             return super().infer(request, datastore)
         except ValueError as e:  # e.g. ValidateImaged: 2D/4D image, NaN values (named in the message)
