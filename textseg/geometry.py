@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["bbox_to_grid", "rotation_angles", "rotation_matrix"]
+__all__ = ["bbox_to_grid", "box_world_corners", "rotation_angles", "rotation_matrix"]
 
 
 def rotation_matrix(angles_deg: Sequence[float]) -> np.ndarray:
@@ -29,6 +29,17 @@ def rotation_angles(rotation: np.ndarray) -> tuple[float, float, float]:
     ax = math.atan2(r[2, 1], r[2, 2])
     az = math.atan2(r[1, 0], r[0, 0])
     return tuple(float(np.rad2deg(a)) for a in (ax, ay, az))
+
+
+def box_world_corners(bbox: Sequence[Sequence[float]], affine: np.ndarray) -> np.ndarray:
+    """World coordinates ``[2^D, D]`` of the corners of a voxel box ``[[x0, y0, z0], [x1, y1, z1]]`` (start
+    inclusive, stop exclusive): voxel centres are integer indices, so the box's edges are at start - 0.5 and
+    stop - 0.5."""
+    start, stop = np.asarray(bbox[0], dtype=float), np.asarray(bbox[1], dtype=float)
+    dims = len(start)
+    corners = np.array([[stop[d] if (k >> d) & 1 else start[d] for d in range(dims)] for k in range(2 ** dims)]) - 0.5
+    edges = np.concatenate([corners, np.ones((len(corners), 1))], axis=1)
+    return (edges @ np.asarray(affine, dtype=float).T)[:, :dims]
 
 
 def bbox_to_grid(
@@ -55,13 +66,10 @@ def bbox_to_grid(
     Raises:
         ValueError: the box lies entirely outside the target grid.
     """
-    start, stop = np.asarray(bbox[0], dtype=float), np.asarray(bbox[1], dtype=float)
-    dims = len(start)
-    corners = np.array([[stop[d] if (k >> d) & 1 else start[d] for d in range(dims)] for k in range(2 ** dims)])
-    # voxel centres are integer indices: a voxel's edges are at index -/+ 0.5
-    edges = np.concatenate([corners - 0.5, np.ones((len(corners), 1))], axis=1)
-    world = edges @ np.asarray(from_affine, dtype=float).T
-    target = (world @ np.linalg.inv(np.asarray(to_affine, dtype=float)).T)[:, :dims] + 0.5
+    dims = len(bbox[0])
+    world = box_world_corners(bbox, from_affine)
+    homogeneous = np.concatenate([world, np.ones((len(world), 1))], axis=1)
+    target = (homogeneous @ np.linalg.inv(np.asarray(to_affine, dtype=float)).T)[:, :dims] + 0.5
     lo = np.clip(np.floor(target.min(0) + 1e-6), 0, None).astype(int)
     hi = np.minimum(np.ceil(target.max(0) - 1e-6), np.asarray(to_shape)).astype(int)
     if np.any(hi <= lo):

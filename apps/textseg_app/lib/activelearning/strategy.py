@@ -11,6 +11,7 @@ import numpy as np
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from textseg.active_learning import bbox_to_grid, get_strategy, select_next
+from textseg.geometry import box_world_corners
 
 from lib.activelearning.candidates import CandidateStore, ImageScorer
 from lib.activelearning.scoring import UncertaintyScoring, records_dir, score_images
@@ -56,11 +57,13 @@ class TextsegStrategy(Strategy):
             records = {i: self._header_record(datastore.get_image_uri(i)) for i in unlabelled}
         else:
             scorer = self.scoring.scorer
-            missing = [i for i in unlabelled if not scorer.is_fresh(store.load(i))]
+            records = {i: store.load(i) for i in unlabelled}
+            missing = [i for i, r in records.items() if not scorer.is_fresh(r)]
             if missing:
                 logger.info(f"active learning ({self.name}): scoring {len(missing)} image(s) without a current record first")
                 score_images(scorer, store, datastore, missing, seed=self.settings.active_learning_seed)
-            records = {i: r for i in unlabelled if (r := store.load(i)) is not None and scorer.is_fresh(r)}
+                records.update({i: store.load(i) for i in missing})
+            records = {i: r for i, r in records.items() if scorer.is_fresh(r)}
         history = store.history(self.name)
         rng = np.random.default_rng([self.settings.active_learning_seed, len(history), time.time_ns() % (2**32)])
         choice = select_next(records, self.name, history, rng=rng, num_rounds=self.settings.active_learning_rounds)
@@ -69,9 +72,9 @@ class TextsegStrategy(Strategy):
         choice["network_patch_bbox"] = choice["patch_bbox"]
         network_affine = np.asarray(record.get("network_affine", record["image_affine"]))
         choice["patch_bbox"] = bbox_to_grid(choice["patch_bbox"], network_affine, np.asarray(record["image_affine"]), record["image_shape"])
-        choice["patch_bbox_world"] = _world_corners(choice["patch_bbox"], np.asarray(record["image_affine"]))
-        store.append_history(self.name, {k: choice[k] for k in ("id", "query_index", "measure") if k in choice} | (
-            {"class": choice["class"]} if "class" in choice else {}))
+        world = box_world_corners(choice["patch_bbox"], record["image_affine"])
+        choice["patch_bbox_world"] = [world.min(0).round(2).tolist(), world.max(0).round(2).tolist()]
+        store.append_history(self.name, {k: choice[k] for k in ("id", "query_index", "measure", "class") if k in choice})
         logger.info(f"active learning ({self.name}): next {choice['id']} patch {choice['patch_bbox']} score {choice['score']}")
         return choice
 
@@ -83,11 +86,3 @@ class TextsegStrategy(Strategy):
         pixdim = [float(p) for p in self.settings.config_value("pixdim")]
         patch = [min(s, max(1, math.ceil(self.settings.active_learning_patch_size * p / z))) for s, p, z in zip(shape, pixdim, zooms)]
         return {"shape": shape, "patch_size": patch, "image_affine": np.asarray(image.affine, dtype=float).tolist(), "image_shape": shape}
-
-
-def _world_corners(bbox, affine: np.ndarray) -> list[list[float]]:
-    """Min and max RAS corners (mm) of a voxel box (voxel edges at index -/+ 0.5)."""
-    start, stop = np.asarray(bbox[0], dtype=float) - 0.5, np.asarray(bbox[1], dtype=float) - 0.5
-    corners = np.array([[stop[d] if (k >> d) & 1 else start[d] for d in range(3)] + [1.0] for k in range(8)])
-    world = corners @ affine.T
-    return [world[:, :3].min(0).round(2).tolist(), world[:, :3].max(0).round(2).tolist()]
