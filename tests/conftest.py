@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_DIR = REPO_ROOT / "bundles" / "text_prompted_ct_segmentation"
+APP_DIR = REPO_ROOT / "apps" / "textseg_app"
 SHARED_CT_DIR = REPO_ROOT.parent / "shared" / "data" / "ct"
 
 
@@ -80,3 +82,52 @@ def trained_interactive_bundle(tiny_phantom, tmp_path_factory) -> Path:
     2 iterations through ``python -m monai.bundle run``; returns the folder holding ``model_interactive.pt``."""
     return _train_tiny(tiny_phantom, tmp_path_factory.mktemp("interactive-models"), ("tiny.json", "interactive.json"),
                        "model_interactive.pt")
+
+
+def _make_clicks_dominant(state: dict) -> dict:
+    """A spatial-prompt TextSwinUNETR state (tiny, ``conditioned_stages`` starting at 1) whose text alone segments
+    nothing (readout bias -50) and whose clicks dominate at the finest conditioned stage: a positive click adds a
+    strong logit around itself, a negative click the opposite. Where a mask appears then shows where clicks landed."""
+    import torch
+
+    state = dict(state)
+    state["readout_bias"] = torch.full_like(state["readout_bias"], -50.0)
+    direction = torch.sign(state["readout"][0])
+    for key in [k for k in state if k.startswith("guidance.")]:
+        state[key] = torch.zeros_like(state[key])
+    # GuidanceBlock of stage 0: mix = [conv(C + 3 -> C), ReLU, conv(C -> C)]; hidden channel 0 carries the
+    # positive clicks, hidden channel 1 the negative ones, both at the kernels' centre taps only
+    first, last = state["guidance.0.mix.0.weight"], state["guidance.0.mix.2.weight"]
+    channels, centre = last.shape[0], tuple(k // 2 for k in last.shape[2:])
+    first[(0, channels + 0, *centre)] = 1.0
+    first[(1, channels + 1, *centre)] = 1.0
+    last[(slice(None), 0, *centre)] = 150.0 * direction
+    last[(slice(None), 1, *centre)] = -150.0 * direction
+    return state
+
+
+@pytest.fixture(scope="session")
+def make_clicks_dominant():
+    """:func:`_make_clicks_dominant`: state dict in, state dict out."""
+    return _make_clicks_dominant
+
+
+@contextlib.contextmanager
+def _app_server(studies, work_dir: Path, background_scoring: bool = False, **conf: str):
+    """``monailabel start_server --app apps/textseg_app`` on a free port of 127.0.0.1, tiny bundle overlay, with its
+    log, caches and sessions in ``work_dir``. Background active-learning scoring only where a test asks for it
+    (tests/app/test_active_learning.py): elsewhere it would compete for the CPU with the requests under test."""
+    from textseg.app_support import MonaiLabelServer
+
+    env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(work_dir / "cache"), "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work_dir / "cache"),
+           "MONAI_LABEL_SESSION_PATH": str(work_dir / "sessions")}
+    if not background_scoring:
+        env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
+    with MonaiLabelServer(APP_DIR, studies, conf={"bundle_overlay": "tiny", **conf}, log=work_dir / "server.log", env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def start_app_server():
+    """:func:`_app_server`: ``with start_app_server(studies, work_dir, models="text_prompt", ...) as server``."""
+    return _app_server

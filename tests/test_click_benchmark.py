@@ -16,30 +16,23 @@ from textseg.networks import TextSwinUNETR
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _click_dominant_network() -> TextSwinUNETR:
+def _click_dominant_network(make_clicks_dominant) -> TextSwinUNETR:
     """A real TextSwinUNETR whose text alone segments nothing and whose positive clicks add a mask around themselves."""
     torch.manual_seed(0)
     net = TextSwinUNETR(in_channels=1, num_classes=2, text_dim=8, feature_size=12, window_size=4, head_channels=8,
                         conditioned_stages=(1, 2, 3), spatial_prompts=True)
-    with torch.no_grad():
-        net.readout_bias.fill_(-50.0)
-        direction = torch.sign(net.readout[0]).reshape(-1, 1, 1, 1)
-        for layer in net.guidance:
-            layer.weight.zero_()
-            layer.bias.zero_()
-        net.guidance[0].weight[:, 0] = 150.0 * direction
-        net.guidance[0].weight[:, 1] = -150.0 * direction
+    net.load_state_dict(make_clicks_dominant(net.state_dict()))
     return net.eval()
 
 
 @pytest.mark.parametrize("mode", ["sliding_window", "zoom"])
-def test_corrective_clicks_fill_the_missed_structure(mode):
+def test_corrective_clicks_fill_the_missed_structure(mode, make_clicks_dominant):
     shape = (64, 64, 64)
     big, small = np.zeros(shape, bool), np.zeros(shape, bool)
     big[10:40, 12:44, 20:50] = True
     small[48:58, 46:56, 8:18] = True
     image = torch.rand(1, *shape)
-    curves = click_curves(_click_dominant_network(), image, {"big": big, "small": small}, torch.randn(2, 8), (64, 64, 64),
+    curves = click_curves(_click_dominant_network(make_clicks_dominant), image, {"big": big, "small": small}, torch.randn(2, 8), (64, 64, 64),
                           num_clicks=3, mode=mode)
     for name in ("big", "small"):
         dice = [p["dice"] for p in curves[name]]
@@ -50,7 +43,7 @@ def test_corrective_clicks_fill_the_missed_structure(mode):
         assert curves[name][-1]["positive"] + curves[name][-1]["negative"] == 3
     assert curves["big"][3]["dice"] > curves["big"][1]["dice"], "more clicks cover more of a large structure"
     with pytest.raises(ValueError, match="unknown mode"):
-        click_curves(_click_dominant_network(), image, {"big": big}, torch.randn(1, 8), (64, 64, 64), mode="bogus")
+        click_curves(_click_dominant_network(make_clicks_dominant), image, {"big": big}, torch.randn(1, 8), (64, 64, 64), mode="bogus")
 
 
 def test_summary_monotonic_flag_and_table():

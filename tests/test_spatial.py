@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from textseg.networks import TextSwinUNETR
+from textseg.networks import GuidanceBlock, TextSwinUNETR
 from textseg.spatial import SpatialPromptError, box_from_mask, encode_spatial_prompts, next_corrective_click, zoom_out_zoom_in
 
 
@@ -81,19 +81,29 @@ def test_network_takes_spatial_prompts():
     guidance = torch.stack([encode_spatial_prompts((64, 64, 64), positive_points=[(20, 30, 30)]), encode_spatial_prompts((64, 64, 64))])[None]
     with torch.no_grad():
         plain = net(x, text)
-        assert torch.allclose(net(x, text, guidance), plain), "a fresh guidance projection starts at zero"
-        for layer in net.guidance:
-            layer.weight.normal_(0, 0.5)
+        assert torch.allclose(net(x, text, guidance), plain), "a fresh guidance block is the identity"
+        for block in net.guidance:
+            block.mix[-1].weight.normal_(0, 0.5)
         guided = net(x, text, guidance)
-    assert not torch.allclose(guided[:, 0], plain[:, 0], atol=1e-4), "a click changes its prompt's mask"
-    assert torch.allclose(guided[:, 1], plain[:, 1], atol=1e-5), "an empty guidance leaves its prompt alone"
+        assert torch.allclose(net(x, text, torch.zeros_like(guidance)), net(x, text)), "no guidance = all-zero guidance"
+    changed = (guided[0, 0] - plain[0, 0]).abs() > 1e-4
+    assert changed.any(), "a click changes its prompt's mask"
+    assert changed.sum() > 9**3, "a click spreads beyond its own neighbourhood (the blocks convolve)"
     out = net(x, text, guidance)
     out.mean().backward()
-    assert net.guidance[0].weight.grad.abs().sum() > 0
+    assert net.guidance[0].mix[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"guidance must have shape \(1, 2, 3, 64, 64, 64\)"):
         net(x, text, guidance[:, :1])
     with pytest.raises(ValueError, match="spatial_prompts=True"):
         TextSwinUNETR(**TINY)(x, text, guidance)
+
+
+def test_guidance_block_is_config_instantiable_and_keeps_shapes():
+    block = GuidanceBlock(channels=8, guidance_channels=3)
+    features, guidance = torch.randn(2, 8, 10, 12, 14), torch.rand(2, 3, 10, 12, 14)
+    assert torch.equal(block(features, guidance), features), "zero-initialised last convolution"
+    block2d = GuidanceBlock(channels=4, guidance_channels=3, spatial_dims=2)
+    assert block2d(torch.randn(1, 4, 9, 9), torch.rand(1, 3, 9, 9)).shape == (1, 4, 9, 9)
 
 
 # --- training-time click simulation --------------------------------------------------------------------

@@ -7,8 +7,9 @@ A prompt's spatial input is a guidance volume ``[3, *S]`` on the network's input
 - channel 1: negative points, the same;
 - channel 2: boxes, 1 inside the box and 0 outside.
 
-:class:`textseg.networks.TextSwinUNETR` built with ``spatial_prompts=True`` adds a learned projection of
-the guidance, resampled to every conditioned stage, to that prompt's modulation, so points and boxes
+:class:`textseg.networks.TextSwinUNETR` built with ``spatial_prompts=True`` mixes the guidance, max-pooled
+to every conditioned stage, into that prompt's modulated features (:class:`textseg.networks.GuidanceBlock`:
+small convolutions, so a click spreads to similar voxels around it), so points and boxes
 work alone (with a generic text such as the structure's class) or with text, through the same heads.
 """
 

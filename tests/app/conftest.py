@@ -9,8 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-APP_DIR = REPO_ROOT / "apps" / "textseg_app"
+APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "textseg_app"
 PHANTOM_SHAPE = (64, 64, 64)
 PHANTOM_SPACING = (5.3, 4.4, 5.6)  # 64^3 voxels covering the phantom's abdomen and pelvis
 
@@ -53,42 +52,22 @@ def app_checkpoint(trained_bundle, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_interactive_checkpoint(trained_interactive_bundle, tmp_path_factory) -> Path:
-    """The tiny interactive checkpoint (2 training iterations) with its click response made dominant: text alone
-    segments nothing (readout bias -50) and a positive click adds a strong logit around itself at the finest
-    conditioned stage (negative clicks the opposite), so where a mask appears shows where the app put the clicks."""
+def app_interactive_checkpoint(trained_interactive_bundle, make_clicks_dominant, tmp_path_factory) -> Path:
+    """The tiny interactive checkpoint (2 training iterations) with its click response made dominant (text alone
+    segments nothing, a click segments around itself), so where a mask appears shows where the app put the clicks."""
     import torch
 
     state = torch.load(trained_interactive_bundle / "model_interactive.pt", map_location="cpu", weights_only=True)
-    state["readout_bias"] = torch.full_like(state["readout_bias"], -50.0)
-    direction = torch.sign(state["readout"][0])
-    for key in [k for k in state if k.startswith("guidance.")]:
-        state[key] = torch.zeros_like(state[key])
-    weight = state["guidance.0.weight"]  # [head_channels, 3, 1, 1, 1]: stage 1 (1/2 resolution) of the tiny network
-    weight[:, 0] = 150.0 * direction.reshape(-1, 1, 1, 1)
-    weight[:, 1] = -150.0 * direction.reshape(-1, 1, 1, 1)
     path = tmp_path_factory.mktemp("app-interactive-model") / "model_interactive.pt"
-    torch.save(state, path)
+    torch.save(make_clicks_dominant(state), path)
     return path
 
 
 @pytest.fixture(scope="session")
-def app_server(app_studies, app_checkpoint, app_interactive_checkpoint, tmp_path_factory):
-    """``monailabel start_server --app apps/textseg_app`` on a free port of 127.0.0.1 (local datastore)."""
-    from textseg.app_support import MonaiLabelServer
-
-    work = tmp_path_factory.mktemp("app-server")
-    server = MonaiLabelServer(
-        APP_DIR, app_studies["studies"],
-        conf={"models": "text_prompt,all_structures,interactive", "bundle_overlay": "tiny", "checkpoint": str(app_checkpoint),
-              "interactive_checkpoint": str(app_interactive_checkpoint)},
-        log=work / "server.log",
-        env={"MONAI_LABEL_DATASTORE_CACHE_PATH": str(work / "cache"), "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache"),
-             "MONAI_LABEL_SESSION_PATH": str(work / "sessions"),
-             # background active-learning scoring is tested on its own server (tests/app/test_active_learning.py)
-             "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"},
-    )
-    with server:
+def app_server(start_app_server, app_studies, app_checkpoint, app_interactive_checkpoint, tmp_path_factory):
+    """The textseg app serving the phantom studies (local datastore) with all three models."""
+    with start_app_server(app_studies["studies"], tmp_path_factory.mktemp("app-server"), models="text_prompt,all_structures,interactive",
+                          checkpoint=str(app_checkpoint), interactive_checkpoint=str(app_interactive_checkpoint)) as server:
         yield server
 
 

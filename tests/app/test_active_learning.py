@@ -35,22 +35,14 @@ def al_studies(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def al_server(al_studies, trained_bundle, tmp_path_factory):
+def al_server(start_app_server, al_studies, trained_bundle, tmp_path_factory):
     """A server whose default strategy is power_entropy, with 2 MC-dropout samples and 16-voxel patches."""
-    from textseg.app_support import MonaiLabelServer
-
     work = tmp_path_factory.mktemp("al-server")
     checkpoint = work / "model_tiny.pt"
     shutil.copy2(trained_bundle / "model_tiny.pt", checkpoint)
-    server = MonaiLabelServer(
-        APP_DIR, al_studies,
-        conf={"models": "text_prompt", "bundle_overlay": "tiny", "checkpoint": str(checkpoint),
-              "active_learning_strategy": "power_entropy", "mc_dropout_samples": "2", "active_learning_patch_size": str(PATCH),
-              "active_learning_rounds": "4"},
-        log=work / "server.log",
-        env={"MONAI_LABEL_DATASTORE_CACHE_PATH": str(work / "cache"), "MONAI_LABEL_SESSION_PATH": str(work / "sessions")},
-    )
-    with server:
+    with start_app_server(al_studies, work, background_scoring=True, models="text_prompt", checkpoint=str(checkpoint),
+                          active_learning_strategy="power_entropy", mc_dropout_samples="2", active_learning_patch_size=str(PATCH),
+                          active_learning_rounds="4") as server:
         yield server
 
 

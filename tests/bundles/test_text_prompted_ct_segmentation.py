@@ -80,9 +80,10 @@ def test_interactive_overlay_trains_with_clicks_and_infers_without(trained_inter
     """train.json + tiny.json + interactive.json trains through MONAI's CLI (simulated clicks reach the network's
     guidance layers); inference.json with the same overlays runs from text alone and keeps the input grid."""
     state = torch.load(trained_interactive_bundle / "model_interactive.pt", map_location="cpu", weights_only=True)
-    guidance_weights = [v for k, v in state.items() if k.startswith("guidance.") and k.endswith(".weight")]
-    assert guidance_weights, "the interactive checkpoint has no guidance layers"
-    assert any(w.abs().sum() > 0 for w in guidance_weights), "the guidance layers (zero at start) were never trained: no clicks reached them"
+    # each GuidanceBlock's last convolution (mix.2) starts at zero: non-zero after training means clicks reached it
+    guidance_weights = [v for k, v in state.items() if k.startswith("guidance.") and k.endswith("mix.2.weight")]
+    assert guidance_weights, "the interactive checkpoint has no guidance blocks"
+    assert any(w.abs().sum() > 0 for w in guidance_weights), "the guidance blocks (identity at start) were never trained: no clicks reached them"
     image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
     monai_bundle(
         "run", "--config_file", _config_list("inference.json", "tiny.json", "interactive.json"),

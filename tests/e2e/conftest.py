@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-APP_DIR = REPO_ROOT / "apps" / "textseg_app"
 ARTIFACTS = REPO_ROOT / "data" / "artifacts"  # data/ is gitignored
 REAL_CT = REPO_ROOT.parent / "shared" / "data" / "ct" / "example_ct_sm.nii.gz"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -59,21 +58,10 @@ def e2e_checkpoint(trained_bundle, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def dicomweb_server(orthanc, e2e_checkpoint, tmp_path_factory):
+def dicomweb_server(start_app_server, orthanc, e2e_checkpoint, tmp_path_factory):
     """The textseg app started with ``--studies http://127.0.0.1:<orthanc>/dicom-web``."""
-    from textseg.app_support import MonaiLabelServer
-
-    work = tmp_path_factory.mktemp("dicomweb-server")
-    server = MonaiLabelServer(
-        APP_DIR, orthanc.dicomweb_url,
-        conf={"models": "text_prompt,all_structures", "bundle_overlay": "tiny", "checkpoint": str(e2e_checkpoint)},
-        log=work / "server.log",
-        env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache"), "MONAI_LABEL_DATASTORE_CACHE_PATH": str(work / "cache"),
-             "MONAI_LABEL_SESSION_PATH": str(work / "sessions"),
-             # background active-learning scoring is tested on its own server (tests/app/test_active_learning.py)
-             "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"},
-    )
-    with server:
+    with start_app_server(orthanc.dicomweb_url, tmp_path_factory.mktemp("dicomweb-server"), models="text_prompt,all_structures",
+                          checkpoint=str(e2e_checkpoint)) as server:
         yield server
 
 

@@ -11,7 +11,43 @@ from torch import nn
 
 from .fusion import FUSIONS, make_fusion
 
-__all__ = ["TextSwinUNETR"]
+__all__ = ["GuidanceBlock", "TextSwinUNETR"]
+
+
+class GuidanceBlock(nn.Module):
+    """Spreads one prompt's spatial prompts over its features: ``features + mix([features, guidance])``.
+
+    ``mix`` is a 3x3 convolution, ReLU and a dilated (2) 3x3 convolution, so a click reaches the voxels around
+    it whose features resemble the clicked ones (a 1x1 projection could only change the clicked voxels). The last
+    convolution starts at zero: a fresh block is the identity, whatever the guidance.
+
+    Args:
+        channels: feature channels C (input and output).
+        guidance_channels: guidance channels G (see :data:`textseg.spatial.GUIDANCE_CHANNELS`).
+        spatial_dims: 2 or 3.
+    """
+
+    def __init__(self, channels: int, guidance_channels: int, spatial_dims: int = 3) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        self.mix = nn.Sequential(
+            conv(channels + guidance_channels, channels, 3, padding=1),
+            nn.ReLU(),
+            conv(channels, channels, 3, padding=2, dilation=2),
+        )
+        nn.init.zeros_(self.mix[-1].weight)
+        nn.init.zeros_(self.mix[-1].bias)
+
+    def forward(self, features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            features: [B, C, *S].
+            guidance: [B, G, *S], at the features' resolution.
+
+        Returns:
+            [B, C, *S].
+        """
+        return features + self.mix(torch.cat([features, guidance], dim=1))
 
 
 class TextSwinUNETR(nn.Module):
@@ -43,9 +79,10 @@ class TextSwinUNETR(nn.Module):
         drop_rate: dropout in the Swin encoder (also used by MC-dropout).
         use_checkpoint: gradient checkpointing in the Swin encoder.
         spatial_dims: 2 or 3.
-        spatial_prompts: accept per-prompt guidance volumes (points and boxes, see :mod:`textseg.spatial`);
-            a zero-initialised projection of the guidance (max-pooled to each stage's resolution, so a click
-            reaches every stage) joins each prompt's modulation at every stage.
+        spatial_prompts: accept per-prompt guidance volumes (points and boxes, see :mod:`textseg.spatial`):
+            at every stage a :class:`GuidanceBlock` mixes the guidance (max-pooled to the stage's resolution, so
+            a click reaches every stage) into each prompt's modulated features. No guidance is the same as an
+            all-zero one, so the interactive network also answers text alone.
 
     Example::
 
@@ -106,13 +143,14 @@ class TextSwinUNETR(nn.Module):
         self.readout_bias = nn.Parameter(torch.zeros(1))
         self.register_buffer("class_embeddings", torch.zeros(num_classes, text_dim))
         self.guidance = None
+        self.guidance_channels = 0
         if spatial_prompts:
             from textseg.spatial import GUIDANCE_CHANNELS
 
-            self.guidance = nn.ModuleList([conv(len(GUIDANCE_CHANNELS), head_channels, 1) for _ in self.conditioned_stages])
-            for layer in self.guidance:
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+            self.guidance_channels = len(GUIDANCE_CHANNELS)
+            self.guidance = nn.ModuleList(
+                [GuidanceBlock(head_channels, len(GUIDANCE_CHANNELS), spatial_dims) for _ in self.conditioned_stages]
+            )
 
     @torch.no_grad()
     def set_class_embeddings(self, embeddings: torch.Tensor) -> TextSwinUNETR:
@@ -182,10 +220,12 @@ class TextSwinUNETR(nn.Module):
             raise ValueError(f"text_embedding batch {text_embedding.shape[0]} does not match the image batch {batch}.")
         text_embedding = text_embedding.to(dtype=x.dtype, device=x.device).expand(batch, -1, -1)
         num_prompts = text_embedding.shape[1]
-        if guidance is not None:
-            if self.guidance is None:
-                raise ValueError("this network takes no spatial prompts: build it with spatial_prompts=True.")
-            expected = (batch, num_prompts, self.guidance[0].in_channels, *x.shape[2:])
+        if guidance is not None and self.guidance is None:
+            raise ValueError("this network takes no spatial prompts: build it with spatial_prompts=True.")
+        if self.guidance is not None:
+            expected = (batch, num_prompts, self.guidance_channels, *x.shape[2:])
+            if guidance is None:
+                guidance = x.new_zeros(expected)
             if tuple(guidance.shape) != expected:
                 raise ValueError(f"guidance must have shape {expected} ([B, K, 3, *S]), got {tuple(guidance.shape)}.")
             guidance = guidance.to(dtype=x.dtype, device=x.device)
@@ -209,7 +249,7 @@ class TextSwinUNETR(nn.Module):
                     if s:  # max-pooled, not interpolated: a click's peak survives at every resolution
                         pool = F.adaptive_max_pool3d if self.spatial_dims == 3 else F.adaptive_max_pool2d
                         stage_guidance = pool(stage_guidance, shared[i].shape[2:])
-                    modulated = modulated + self.guidance[i](stage_guidance)
+                    modulated = self.guidance[i](modulated, stage_guidance)
                 modulated = torch.relu(modulated)
                 stage_logit = torch.einsum("bc...,c->b...", modulated, self.readout[i]).unsqueeze(1)
                 if s:

@@ -18,8 +18,8 @@ from monai.transforms import Compose
 
 from textseg.active_learning import get_strategy, image_candidates, predict_probs
 from textseg.bundle import bundle_config_files
-from textseg.handlers import embeddings_match
 
+from lib.checkpoints import require_matching_embeddings
 from lib.settings import AppSettings
 
 __all__ = ["CandidateStore", "ImageScorer", "RECORDS_DIR"]
@@ -126,9 +126,8 @@ class ImageScorer:
         if self._network is None or self._network_tag != tag:
             network = self._parser.get_parsed_content("network_def", lazy=False)
             state = torch.load(self.settings.checkpoint, map_location="cpu", weights_only=True)
+            require_matching_embeddings(state.get("class_embeddings"), self.embeddings, self.settings.checkpoint)
             network.load_state_dict(state)
-            if not embeddings_match(state.get("class_embeddings"), self.embeddings):
-                raise RuntimeError(f"checkpoint {self.settings.checkpoint} was trained with other prompt embeddings than the bundle's; retrain it.")
             self._network = network.to(self.settings.device).eval()
             self._network_tag = tag
         return self._network

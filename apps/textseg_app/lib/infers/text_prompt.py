@@ -17,20 +17,16 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from textseg.bundle import bundle_config_files
-from textseg.handlers import embeddings_match
 from textseg.prompts import prompt_structures, resolve
 from textseg.vocabulary import load_vocabulary
 
+from lib.checkpoints import CheckpointMismatchError, require_matching_embeddings
 from lib.settings import AppSettings
 from lib.transforms import RestoreStringImageKeysd, StashStringImageKeysd
 
 __all__ = ["TextPromptInferTask", "CheckpointMismatchError"]
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointMismatchError(RuntimeError):
-    """The checkpoint was trained with other prompt embeddings (encoder, template or vocabulary) than the bundle's."""
 
 
 class TextPromptInferTask(BasicInferTask):
@@ -159,12 +155,11 @@ class TextPromptInferTask(BasicInferTask):
         network = super()._get_network(device, data)
         mtime = self._networks[device][1]
         if self._checked.get(device) != mtime:
-            if not embeddings_match(getattr(network, "class_embeddings", None), self._expected_embeddings):
+            try:
+                require_matching_embeddings(getattr(network, "class_embeddings", None), self._expected_embeddings, self.settings.checkpoint)
+            except CheckpointMismatchError:
                 self._networks.pop(device, None)
-                raise CheckpointMismatchError(
-                    f"checkpoint {self.settings.checkpoint} was trained with other prompt embeddings than the bundle's "
-                    "text encoder/template/vocabulary give now: retrain it (make demo, or train from the app)."
-                )
+                raise
             self._checked[device] = mtime
         return network
 
