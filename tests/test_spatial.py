@@ -1,9 +1,23 @@
 import numpy as np
 import pytest
 import torch
+from monai.inferers import SimpleInferer, SlidingWindowInferer
 
 from textseg.networks import GuidanceBlock, TextSwinUNETR
-from textseg.spatial import SpatialPromptError, box_from_mask, encode_spatial_prompts, next_corrective_click, zoom_out_zoom_in
+from textseg.spatial import (
+    CorrectiveClickTraining,
+    GuidedSlidingWindowInferer,
+    PrepareBatchGuidance,
+    RandSpatialPromptsd,
+    SpatialPromptError,
+    box_from_mask,
+    encode_spatial_prompts,
+    infer_with_guidance,
+    next_corrective_click,
+    points_to_grid,
+    zoom_out_zoom_in,
+)
+from textseg.transforms import IGNORE_CHANNEL
 
 
 def test_guidance_channels():
@@ -107,17 +121,6 @@ def test_guidance_block_is_config_instantiable_and_keeps_shapes():
 
 
 # --- training-time click simulation --------------------------------------------------------------------
-
-from monai.inferers import SimpleInferer, SlidingWindowInferer  # noqa: E402
-
-from textseg.spatial import (  # noqa: E402
-    GuidedSlidingWindowInferer,
-    PrepareBatchGuidance,
-    RandSpatialPromptsd,
-    infer_with_guidance,
-    points_to_grid,
-)
-from textseg.transforms import IGNORE_CHANNEL  # noqa: E402
 
 
 def _cube_label(shape=(32, 32, 32)):
@@ -326,3 +329,54 @@ def test_clicks_as_hard_constraints():
     assert torch.equal(constrain_to_clicks(probs, [(5, 5, 5)], radius=0), probs)
     with pytest.raises(SpatialPromptError, match="outside the volume"):
         constrain_to_clicks(probs, [(25, 5, 5)])
+
+
+# --- training on corrective clicks (iteration_update) ------------------------------------------------------
+
+
+def _click_training_batch() -> dict:
+    label = torch.zeros(1, 2, 64, 64, 64)
+    label[0, 0, 16:40, 20:44, 24:48] = 1.0  # an annotated structure
+    label[0, 1] = IGNORE_CHANNEL  # not annotated in this case
+    return {"image": torch.rand(1, 1, 64, 64, 64), "label": label, "text_embedding": torch.randn(1, 2, 16),
+            "guidance": torch.zeros(1, 2, 3, 64, 64, 64)}
+
+
+@pytest.mark.parametrize("probability", [1.0, 0.0])
+def test_corrective_click_training_runs_in_monais_trainer(probability):
+    from monai.engines import SupervisedTrainer
+
+    torch.manual_seed(0)
+    net = TextSwinUNETR(**TINY, spatial_prompts=True)
+    before = [p.detach().clone() for p in net.parameters()]
+    batch = _click_training_batch()
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3), loss_function=torch.nn.BCEWithLogitsLoss(),
+        prepare_batch=PrepareBatchGuidance({"text_embedding": "text_embedding"}),
+        iteration_update=CorrectiveClickTraining(probability=probability, max_clicks=2), amp=False,
+    )
+    trainer.run()
+    clicks = batch["guidance"][0, 0, :2]
+    if probability:
+        assert clicks.max() == pytest.approx(1.0), "a corrective click (peak 1) was added to the annotated prompt"
+        peak = np.unravel_index(int(clicks.argmax()), clicks.shape)
+        inside = bool(batch["label"][0, 0][peak[1:]] > 0)
+        assert inside == (peak[0] == 0), "positive clicks land inside the structure, negative ones outside"
+    else:
+        assert clicks.abs().sum() == 0, "no iteration drew clicks"
+    assert batch["guidance"][0, 1].abs().sum() == 0, "an unannotated prompt gets no click"
+    assert net.training, "the network is back in training mode"
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters())), "the engine's own step still trained"
+
+
+def test_corrective_clicks_stop_when_the_prediction_is_right():
+    batch = _click_training_batch()
+    logits = torch.where(batch["label"] > 0, 10.0, -10.0)
+    assert CorrectiveClickTraining().add_corrective_clicks(batch, logits) == 0
+    with pytest.raises(ValueError, match="do not fit"):
+        CorrectiveClickTraining().add_corrective_clicks(batch, logits[:, :1])
+    with pytest.raises(KeyError, match="RandSpatialPromptsd"):
+        CorrectiveClickTraining().add_corrective_clicks({"label": batch["label"]}, logits)
+    with pytest.raises(ValueError, match="max_clicks"):
+        CorrectiveClickTraining(max_clicks=0)

@@ -34,6 +34,7 @@ __all__ = [
     "box_from_mask",
     "zoom_out_zoom_in",
     "RandSpatialPromptsd",
+    "CorrectiveClickTraining",
     "GuidedSlidingWindowInferer",
     "infer_with_guidance",
     "PrepareBatchGuidance",
@@ -328,6 +329,82 @@ class RandSpatialPromptsd(Randomizable, MapTransform):
                 guidance[k] = encode_spatial_prompts(spatial, sigma=self.sigma, **prompts)
         d[self.guidance_key] = guidance
         return d
+
+
+class CorrectiveClickTraining(Randomizable):
+    """``SupervisedTrainer(iteration_update=...)``: train on the clicks an annotator would make on the network's own errors.
+
+    Before a training step, with probability ``probability``, the network (eval mode, no gradient) segments the batch
+    with its current guidance 1..``max_clicks`` times (drawn per iteration); after each pass every annotated prompt
+    gets a corrective click (:func:`next_corrective_click`: positive deep inside the largest missed region, negative
+    deep inside the largest false positive), added to its guidance. Then the engine's own ``_iteration`` trains on
+    the batch. This is the pattern of MONAI's deepgrow/DeepEdit ``Interaction``, for this package's guidance format;
+    the clicks :class:`RandSpatialPromptsd` draws from the label alone cannot show the network where it errs.
+
+    Args:
+        probability: share of iterations with simulated corrective clicks.
+        max_clicks: most corrective clicks per prompt in one iteration.
+        guidance_key: batch key of the guidance [B, K, 3, *S] (written by :class:`RandSpatialPromptsd`).
+        label_key: batch key of the targets [B, K, *S] (1 inside, 0 outside, negative when not annotated).
+        sigma: Gaussian radius of a click, in voxels.
+        threshold: probability above which a voxel counts as segmented.
+        seed: seed of the draws (which iterations, how many clicks).
+    """
+
+    def __init__(self, probability: float = 0.5, max_clicks: int = 2, guidance_key: str = "guidance", label_key: str = "label",
+                 sigma: float = 2.0, threshold: float = 0.5, seed: int = 0) -> None:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {probability}.")
+        if max_clicks < 1:
+            raise ValueError(f"max_clicks must be at least 1, got {max_clicks}.")
+        self.probability = probability
+        self.max_clicks = max_clicks
+        self.guidance_key = guidance_key
+        self.label_key = label_key
+        self.sigma = sigma
+        self.logit_threshold = float(np.log(threshold / (1.0 - threshold)))
+        self.set_random_state(seed)
+
+    def randomize(self, data: Any = None) -> None:
+        self._rounds = self.R.randint(1, self.max_clicks + 1) if self.R.rand() < self.probability else 0
+
+    def add_corrective_clicks(self, batchdata: dict, logits: torch.Tensor) -> int:
+        """Add one corrective click per annotated prompt to ``batchdata[guidance_key]`` (in place) from the network's
+        ``logits`` [B, K, *S]; returns how many clicks were added."""
+        if self.guidance_key not in batchdata:
+            raise KeyError(f"the batch has no {self.guidance_key!r}: put RandSpatialPromptsd in the training transforms.")
+        guidance, targets = batchdata[self.guidance_key], torch.as_tensor(batchdata[self.label_key])
+        if tuple(logits.shape) != tuple(targets.shape) or tuple(guidance.shape) != (*targets.shape[:2], len(GUIDANCE_CHANNELS), *targets.shape[2:]):
+            raise ValueError(f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and guidance {tuple(guidance.shape)} do not fit.")
+        predictions = (logits.detach() > self.logit_threshold).cpu().numpy()
+        targets = targets.detach().cpu().numpy()
+        added = 0
+        for b, k in np.ndindex(*targets.shape[:2]):
+            if (targets[b, k] < 0).any():  # not annotated
+                continue
+            click = next_corrective_click(predictions[b, k], targets[b, k])
+            if click is None:
+                continue
+            voxel, positive = click
+            points = {"positive_points" if positive else "negative_points": [voxel]}
+            new = encode_spatial_prompts(targets.shape[2:], sigma=self.sigma, **points).to(guidance.device, guidance.dtype)
+            guidance[b, k] = torch.maximum(guidance[b, k], new)
+            added += 1
+        return added
+
+    def __call__(self, engine: Any, batchdata: dict) -> dict:
+        self.randomize()
+        if self._rounds:
+            network = engine.network
+            network.eval()
+            try:
+                with torch.no_grad(), torch.autocast(device_type=torch.device(engine.state.device).type, enabled=bool(getattr(engine, "amp", False))):
+                    for _ in range(self._rounds):
+                        inputs, _, args, kwargs = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+                        self.add_corrective_clicks(batchdata, engine.inferer(inputs, network, *args, **kwargs).float())
+            finally:
+                network.train()
+        return engine._iteration(engine, batchdata)
 
 
 def infer_with_guidance(inferer: Inferer, inputs: torch.Tensor, network: Callable[..., torch.Tensor], guidance: torch.Tensor | None,

@@ -94,6 +94,14 @@ def test_interactive_overlay_trains_with_clicks_and_infers_without(trained_inter
     (output,) = tmp_path.glob("*_seg.nii.gz")
     assert nib.load(str(output)).shape == nib.load(str(image)).shape
     assert read_config_value(BUNDLE_DIR, "interactive.json", "ckpt_name") == "model_interactive.pt"
+    from monai.bundle import ConfigParser
+
+    from textseg.bundle import bundle_config_files
+    from textseg.spatial import CorrectiveClickTraining
+
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(BUNDLE_DIR, ["train.json", "tiny.json", "interactive.json"]))
+    assert isinstance(parser.get_parsed_content("iteration_update"), CorrectiveClickTraining), "training also clicks on the network's errors"
 
 
 @pytest.mark.slow
