@@ -94,3 +94,18 @@ def test_click_benchmark_script_refuses_to_run_without_a_model(tmp_path, capsys)
     spec.loader.exec_module(module)
     assert module.main(["--checkpoint", str(tmp_path / "missing.pt"), "--no-train", "--out", str(tmp_path / "out")]) == 2
     assert "no checkpoint" in capsys.readouterr().out
+
+
+def test_make_robustness_runs_the_rotation_table_and_the_click_curves():
+    """The README's one command for issue 8: ``make robustness`` = bench_rotation.py then bench_clicks.py, args passed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "robustness", "ROTATION_ARGS=--no-real-ct", "CLICKS_ARGS=--clicks 3"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    rotation = next(line for line in dry.splitlines() if "scripts/bench_rotation.py" in line)
+    clicks = next(line for line in dry.splitlines() if "scripts/bench_clicks.py" in line)
+    assert rotation.endswith("--no-real-ct") and clicks.endswith("--clicks 3")
+    assert dry.index("bench_rotation.py") < dry.index("bench_clicks.py")
