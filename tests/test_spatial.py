@@ -94,15 +94,16 @@ def test_network_takes_spatial_prompts():
     x, text = torch.rand(1, 1, 64, 64, 64), torch.randn(2, 16)
     guidance = torch.stack([encode_spatial_prompts((64, 64, 64), positive_points=[(20, 30, 30)]), encode_spatial_prompts((64, 64, 64))])[None]
     with torch.no_grad():
-        plain = net(x, text)
-        assert torch.allclose(net(x, text, guidance), plain), "a fresh guidance block is the identity"
+        assert torch.allclose(net(x, text, guidance), net(x, text)), "a fresh guidance block is the identity"
         for block in net.guidance:
             block.mix[-1].weight.normal_(0, 0.5)
-        guided = net(x, text, guidance)
-        assert torch.allclose(net(x, text, torch.zeros_like(guidance)), net(x, text)), "no guidance = all-zero guidance"
+        plain, guided = net(x, text), net(x, text, guidance)
+        assert torch.allclose(net(x, text, torch.zeros_like(guidance)), plain), "no guidance = all-zero guidance"
     changed = (guided[0, 0] - plain[0, 0]).abs() > 1e-4
     assert changed.any(), "a click changes its prompt's mask"
-    assert changed.sum() > 9**3, "a click spreads beyond its own neighbourhood (the blocks convolve)"
+    # the blocks convolve: one click reaches most of the 64^3 crop (1x1 blocks would reach ~5 % of it)
+    assert changed.float().mean() > 0.25, f"a click changed only {changed.float().mean():.1%} of the crop"
+    assert torch.allclose(guided[:, 1], plain[:, 1], atol=1e-5), "an empty guidance leaves its prompt alone"
     out = net(x, text, guidance)
     out.mean().backward()
     assert net.guidance[0].mix[0].weight.grad.abs().sum() > 0

@@ -149,7 +149,7 @@ class TextSwinUNETR(nn.Module):
 
             self.guidance_channels = len(GUIDANCE_CHANNELS)
             self.guidance = nn.ModuleList(
-                [GuidanceBlock(head_channels, len(GUIDANCE_CHANNELS), spatial_dims) for _ in self.conditioned_stages]
+                [GuidanceBlock(head_channels, self.guidance_channels, spatial_dims) for _ in self.conditioned_stages]
             )
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ import torch
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
+from textseg.geometry import bbox_to_grid
 from textseg.prompts import prompt_structures
 from textseg.spatial import (
     SpatialPromptError,
@@ -163,16 +164,13 @@ class InteractiveInferTask(TextPromptInferTask):
         prompts = self.spatial_prompts_of(data, meta.get("spatial_shape"))
         spatial = tuple(int(s) for s in image.shape[1:])
 
-        def on_grid(points):  # image voxels -> network voxels, clipped to the grid (canonicalization may turn corners out)
+        def on_grid(points):  # image voxels -> network voxels, clipped to the grid (canonicalization may turn a click near the edge out)
             mapped = points_to_grid(points, source_affine, image.affine)
             return [tuple(float(np.clip(c, 0, n - 1)) for c, n in zip(p, spatial)) for p in mapped]
 
         positives, negatives = on_grid(prompts["foreground"]), on_grid(prompts["background"])
-        boxes = []
-        for box in prompts["boxes"]:
-            last = [max(a, b - 1) for a, b in zip(box[:3], box[3:])]  # end exclusive -> last voxel
-            corners = np.array(on_grid([[(box[d], last[d])[(i >> d) & 1] for d in range(3)] for i in range(8)]))  # all 8: rotations
-            boxes.append([*np.floor(corners.min(0)).tolist(), *(np.ceil(corners.max(0)) + 1).tolist()])
+        # a box goes through world space by its 8 corners (rotations included), like the active-learning patches
+        boxes = [sum(bbox_to_grid([box[:3], box[3:]], source_affine, image.affine, spatial), []) for box in prompts["boxes"]]
         guidance = encode_spatial_prompts(spatial, positives, negatives, boxes)
         network = self._get_network(device, data)
         device = torch.device(device)
