@@ -47,6 +47,7 @@ __all__ = [
     "load_datalist",
     "load_datalists",
     "load_dataset_specs",
+    "split_slabs",
 ]
 
 DEFAULT_DATASETS_PATH = Path(os.environ.get("TEXTSEG_DATASETS", Path(__file__).resolve().parents[1] / "datasets.yaml"))
@@ -381,6 +382,31 @@ def load_datalists(
     for i in range(max(len(cases) for cases in lists)):
         mixed.extend(cases[i] for cases in lists if i < len(cases))
     return mixed
+
+
+def split_slabs(cases: Sequence[Mapping], holdout: Mapping[str, Sequence[float]]) -> dict[str, list[dict]]:
+    """Hold a band of slices of each case out of training, for validation on a patient the model trained on.
+
+    A case of a dataset named in ``holdout`` (``{"totalseg_example": [0.74, 0.88]}``, fractions of the
+    inferior-superior axis) becomes up to two training cases (``slab`` below and above the band) and one
+    validation case (``slab`` = the band); :class:`textseg.augment.CropSlabd` crops them. Cases of other
+    datasets train whole.
+
+    Returns:
+        ``{"training": [...], "validation": [...]}``, copies of the cases with a ``slab`` key added.
+    """
+    split: dict[str, list[dict]] = {"training": [], "validation": []}
+    for case in cases:
+        band = holdout.get(case.get("dataset", ""))
+        if band is None:
+            split["training"].append(dict(case))
+            continue
+        low, high = (float(v) for v in band)
+        if not 0.0 <= low < high <= 1.0:
+            raise DatasetError(f"holdout band {list(band)} of dataset {case.get('dataset')!r} must be fractions 0 <= low < high <= 1")
+        split["training"].extend(dict(case, slab=part) for part in ([0.0, low], [high, 1.0]) if part[1] - part[0] > 0.02)
+        split["validation"].append(dict(case, slab=[low, high]))
+    return split
 
 
 def combine_totalsegmentator_masks(
