@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
 import torch
 from monai.utils import min_version, optional_import
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["PromptEmbeddingCheck", "embeddings_match"]
+__all__ = ["PromptEmbeddingCheck", "ResumableTraining", "embeddings_match"]
 
 
 def embeddings_match(stored: torch.Tensor | None, expected: torch.Tensor, atol: float = 1e-4) -> bool:
@@ -48,3 +53,73 @@ class PromptEmbeddingCheck:
                 f"configured text encoder {self.text_encoder!r} gives (shape {tuple(self.expected.shape)}): use the encoder "
                 "and template it was trained with (see the bundle's metadata), or retrain."
             )
+
+
+class ResumableTraining:
+    """Make a training run survive being killed: save its whole state every epoch, resume from it at start.
+
+    Every ``interval`` epochs ``{network, optimizer, lr_scheduler, trainer}`` (``save_dict``) is written
+    to ``save_dir/filename`` through a temporary file and a rename, so a kill mid-save leaves the
+    previous state. When the trainer starts and that file exists, everything is loaded from it and
+    training goes on from the saved epoch (with the current ``max_epochs``). A run that completes
+    deletes the file, so the next run starts afresh. Only rank 0 writes under DDP.
+
+    Args:
+        save_dir: folder of the state file (the bundle's ``models/``).
+        save_dict: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer, scheduler); the
+            engine the handler is attached to is added as ``"trainer"``, so the epoch is restored too.
+        filename: state file name.
+        interval: epochs between saves.
+        enabled: ``False`` attaches nothing (a config switch).
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, save_dict: Mapping, filename: str = "training_state.pt",
+                 interval: int = 1, enabled: bool = True):
+        self.path = Path(save_dir) / filename
+        self.save_dict = dict(save_dict)
+        self.interval = max(1, int(interval))
+        self.enabled = enabled
+
+    def attach(self, engine) -> None:
+        if not self.enabled:
+            return
+        self.save_dict.setdefault("trainer", engine)
+        engine.add_event_handler(Events.STARTED, self.resume)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.finish)
+
+    @staticmethod
+    def _is_writer() -> bool:
+        return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+    def _objects(self, engine) -> dict:
+        return {k: getattr(v, "module", v) if k == "network" else v for k, v in self.save_dict.items()}
+
+    def resume(self, engine) -> None:
+        if not self.path.is_file():
+            return
+        from ignite.handlers import Checkpoint
+
+        max_epochs = engine.state.max_epochs
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        Checkpoint.load_objects(to_load=self._objects(engine), checkpoint=state)
+        engine.state.max_epochs = max_epochs
+        engine.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch} of {max_epochs}")
+        print(f"resuming training from {self.path}: epoch {engine.state.epoch} of {max_epochs} done", flush=True)
+
+    def save(self, engine) -> None:
+        if not self._is_writer():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".pt")
+        os.close(fd)
+        try:
+            torch.save({k: v.state_dict() for k, v in self._objects(engine).items()}, tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def finish(self, engine) -> None:
+        if self._is_writer() and engine.state.epoch >= engine.state.max_epochs:
+            self.path.unlink(missing_ok=True)

@@ -1,0 +1,63 @@
+"""A training run killed mid-epoch resumes from its last saved epoch (network, optimizer, scheduler, epoch)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import BUNDLE_DIR, bundle_configs
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+
+
+def _train_command(tiny_phantom, ckpt_dir):
+    configs = BUNDLE_DIR / "configs"
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_configs("train.json", "tiny.json"),
+            "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
+            "--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(ckpt_dir),
+            "--output_dir", str(ckpt_dir / "eval"), "--epochs", str(EPOCHS), "--val_interval", str(EPOCHS), "--num_val", "1",
+            "--crops_per_image", "1", "--num_workers", "0", "--train_datalist", "$@datalist[:-@num_val] * 4"]
+
+
+def test_killed_bundle_training_resumes_from_its_last_epoch(tiny_phantom, tmp_path):
+    """Start ``monai.bundle run`` training, SIGKILL it mid-epoch once an epoch was saved, run the same command again."""
+    ckpt_dir = tmp_path / "models"
+    state_file = ckpt_dir / "model_tiny_training_state.pt"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(_train_command(tiny_phantom, ckpt_dir), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not state_file.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert state_file.exists(), f"no training state after the first epoch:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+        time.sleep(1.0)  # into the next epoch
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        log.close()
+    assert not (ckpt_dir / "model_tiny.pt").exists() or "Train completed" not in (tmp_path / "first.log").read_text()
+    saved = torch.load(state_file, map_location="cpu", weights_only=False)
+    assert set(saved) == {"network", "optimizer", "lr_scheduler", "trainer"}
+    done = saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]
+    assert 1 <= done < EPOCHS, f"killed after {done} epochs: not mid-training"
+    assert saved["optimizer"]["state"], "the optimizer's moments were saved"
+    assert saved["lr_scheduler"]["last_epoch"] == done
+
+    second = subprocess.run(_train_command(tiny_phantom, ckpt_dir), capture_output=True, text=True, timeout=900, env=env)
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-4000:]
+    assert f"resuming training from {state_file}: epoch {done} of {EPOCHS} done" in output
+    completed = [int(n) for n in re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete", output)]
+    assert completed == list(range(done + 1, EPOCHS + 1)), f"the resumed run trained epochs {completed}"
+    assert (ckpt_dir / "model_tiny.pt").exists()
+    assert not state_file.exists(), "a completed run removes its training state, so the next run starts afresh"
