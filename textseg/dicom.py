@@ -10,11 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_ct_series", "nifti_to_ct_series", "SegmentInfo", "read_dicom_seg"]
+__all__ = ["write_ct_series", "nifti_to_ct_series", "dicom_modality", "LOSSLESS_TRANSFER_SYNTAXES", "compress_series", "SegmentInfo", "read_dicom_seg"]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+LOSSLESS_TRANSFER_SYNTAXES = {
+    "jpeg2000": "1.2.840.10008.1.2.4.90",  # JPEG 2000 Image Compression (Lossless Only)
+    "jpegls": "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless Image Compression
+    "rle": "1.2.840.10008.1.2.5",  # RLE Lossless
+    "jpeglossless": "1.2.840.10008.1.2.4.70",  # JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 SV1)
+}
+"""Short name -> transfer syntax UID of the lossless compressions :func:`compress_series` writes."""
 
 
 def write_ct_series(
@@ -108,6 +116,118 @@ def nifti_to_ct_series(nifti: str | os.PathLike, out_dir: str | os.PathLike, **k
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     return write_ct_series(data, img.affine, out_dir, **kwargs)
+
+
+def compress_series(series: str | os.PathLike, out_dir: str | os.PathLike, syntax: str) -> list[Path]:
+    """Re-encode an uncompressed single-frame series, file by file, in a lossless compressed transfer syntax.
+
+    Every tag and UID is kept, so the result is the same series as the input, as a PACS might store it.
+    Meant for series whose stored values are the HU (RescaleSlope 1, RescaleIntercept 0), as
+    :func:`write_ct_series` writes them. Encoders: ``"jpeg2000"`` and ``"jpeglossless"`` ITK's GDCMImageIO,
+    ``"rle"`` pydicom's RLE encoder, ``"jpegls"`` the ``gdcmconv`` command (Debian package ``libgdcm-tools``;
+    ITK 5.4 and pydicom 2.4 cannot write JPEG-LS).
+
+    Args:
+        series: folder of the uncompressed series (every file in it is re-encoded).
+        out_dir: destination folder (created); files keep their names.
+        syntax: one of :data:`LOSSLESS_TRANSFER_SYNTAXES` (``"jpeg2000"``, ``"jpegls"``, ``"rle"``, ``"jpeglossless"``).
+
+    Returns:
+        the written files, sorted by name.
+
+    Raises:
+        ValueError: unknown ``syntax``, or an empty folder.
+        RuntimeError: ``gdcmconv`` is missing (``"jpegls"``), or an encoder failed or wrote another transfer syntax.
+    """
+    import shutil
+    import subprocess
+
+    import pydicom
+
+    if syntax not in LOSSLESS_TRANSFER_SYNTAXES:
+        raise ValueError(f"unknown transfer syntax {syntax!r}; choose one of {sorted(LOSSLESS_TRANSFER_SYNTAXES)}.")
+    sources = sorted(p for p in Path(series).iterdir() if p.is_file())
+    if not sources:
+        raise ValueError(f"{series}: no files to compress.")
+    gdcmconv = shutil.which("gdcmconv")
+    if syntax == "jpegls" and gdcmconv is None:
+        raise RuntimeError("JPEG-LS needs the gdcmconv command: install Debian's libgdcm-tools (apt-get install libgdcm-tools).")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for source in sources:
+        target = out_dir / source.name
+        if syntax == "rle":
+            from pydicom.uid import RLELossless
+
+            ds = pydicom.dcmread(str(source))
+            ds.compress(RLELossless, encoding_plugin="pydicom")
+            ds.save_as(str(target), write_like_original=False)
+        elif syntax in ("jpeg2000", "jpeglossless"):
+            import itk
+
+            reader_io = itk.GDCMImageIO.New()
+            image = itk.imread(str(source), imageio=reader_io)
+            image.SetMetaDataDictionary(reader_io.GetMetaDataDictionary())
+            writer_io = itk.GDCMImageIO.New()
+            writer_io.KeepOriginalUIDOn()  # same SOP instance, series, study and frame of reference UIDs
+            compression = "Compression_JPEG2000" if syntax == "jpeg2000" else "Compression_JPEG"  # JPEG: lossless process 14
+            writer_io.SetCompressionType(getattr(itk.GDCMImageIOEnums, compression))
+            writer = itk.ImageFileWriter[type(image)].New(Input=image, FileName=str(target), ImageIO=writer_io, UseCompression=True)
+            writer.Update()
+        else:
+            result = subprocess.run([gdcmconv, "--jpegls", str(source), str(target)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"gdcmconv --jpegls {source} failed: {result.stderr.strip() or result.stdout.strip()}")
+        got = str(pydicom.dcmread(str(target), stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        if got != LOSSLESS_TRANSFER_SYNTAXES[syntax]:
+            raise RuntimeError(f"{target}: written with transfer syntax {got}, not {syntax} ({LOSSLESS_TRANSFER_SYNTAXES[syntax]}).")
+        written.append(target)
+    return written
+
+
+def _dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (``DICM`` after the 128-byte preamble) or named ``*.dcm``."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_modality(source: str | os.PathLike, max_files: int = 50) -> str | None:
+    """The DICOM Modality (0008,0060) of a DICOM file, or of a series folder's first DICOM file (by name).
+
+    Reads headers only (pydicom, ``stop_before_pixels``).
+
+    Args:
+        source: a DICOM file or a folder holding a series.
+        max_files: at most this many files of a folder are tried before giving up.
+
+    Returns:
+        the modality, e.g. ``"CT"`` or ``"MR"``; ``None`` when ``source`` is not DICOM or has no Modality.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(source)
+    if path.is_dir():
+        candidates = sorted(p for p in path.iterdir() if p.is_file() and p.name != "DICOMDIR")[:max_files]
+    elif path.is_file() and _dicom_file(path):
+        candidates = [path]
+    else:
+        return None
+    for candidate in candidates:
+        try:
+            ds = pydicom.dcmread(str(candidate), stop_before_pixels=True, specific_tags=["Modality"])
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        if modality:
+            return modality
+    return None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_HU_RANGE",
     "ct_transforms",
     "ValidateImaged",
+    "CheckCTd",
     "LabelToChannelsd",
     "AddTextEmbeddingd",
     "SamplePromptsd",
@@ -81,6 +83,113 @@ class ValidateImaged(MapTransform):
         return d
 
 
+_NON_CT_HINT = "textseg segments CT. Pass --allow-non-ct (allow_non_ct=True) to run anyway."
+
+
+class CheckCTd(MapTransform):
+    """Refuse an image that is not a CT, naming the file and the reason: textseg's models segment CT only.
+
+    DICOM input (a series folder or a DICOM file, known from the ``filename_or_obj`` meta that
+    ``LoadImaged`` records) is checked by its Modality tag, read from the series' first file. Other input
+    (NIfTI, arrays) is checked by its intensities, which must be Hounsfield units: a CT has air near
+    -1000 HU (or padding at -1024, -2048, -3024 outside the field of view) and tissue above -200 HU. So
+    at least ``low_percentile`` % of the voxels must be at or below ``air_hu`` and at least
+    ``100 - high_percentile`` % above ``tissue_hu``; MR (non-negative values), intensity-normalised
+    images ([0, 1], z-scores) and a CT stored without its rescale intercept fail. Percentiles are taken on
+    a strided subsample of at most about ``max_samples`` voxels, so big volumes stay cheap. Thin slabs and
+    any orientation or spacing pass: the check looks at values only. A tightly cropped CT without any air
+    fails too; pass ``allow_non_ct=True`` to run on it anyway.
+
+    Runs after ``LoadImaged`` (channel-first, as in :func:`ct_transforms`); the data are not changed.
+
+    Args:
+        keys: image key(s).
+        allow_non_ct: warn (``UserWarning``) instead of raising.
+        air_hu: HU at or below which a voxel counts as air.
+        tissue_hu: HU above which a voxel counts as tissue.
+        low_percentile: percentile of the intensities that must be at or below ``air_hu``.
+        high_percentile: percentile of the intensities that must be above ``tissue_hu``.
+        max_samples: about how many voxels the percentiles are computed on.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ValueError: (when ``allow_non_ct`` is false) the image is DICOM of a modality other than CT, or its
+            intensities are not those of a CT in HU.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        allow_non_ct: bool = False,
+        air_hu: float = -500.0,
+        tissue_hu: float = -200.0,
+        low_percentile: float = 0.5,
+        high_percentile: float = 99.0,
+        max_samples: int = 1_000_000,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        if not 0.0 <= low_percentile < high_percentile <= 100.0:
+            raise ValueError(f"need 0 <= low_percentile < high_percentile <= 100, got {low_percentile}, {high_percentile}.")
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be at least 1, got {max_samples}.")
+        self.allow_non_ct = allow_non_ct
+        self.air_hu = float(air_hu)
+        self.tissue_hu = float(tissue_hu)
+        self.low_percentile = float(low_percentile)
+        self.high_percentile = float(high_percentile)
+        self.max_samples = int(max_samples)
+
+    def subsample(self, image) -> np.ndarray:
+        """The image's values on a regular strided grid of about ``max_samples`` voxels (float32, flat)."""
+        array = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+        spatial = array.reshape(-1, *array.shape[-3:]) if array.ndim >= 3 else array.reshape(1, -1)
+        sizes = spatial.shape[1:]
+        stride = max(1, int(np.ceil((spatial.numel() / self.max_samples) ** (1.0 / len(sizes)))))
+        # never thin an axis below 16 samples: a slab of a few slices keeps all of them
+        strides = [min(stride, max(1, n // 16)) for n in sizes]
+        sample = spatial[(slice(None), *(slice(None, None, s) for s in strides))]
+        return sample.detach().cpu().numpy().astype(np.float32, copy=False).reshape(-1)
+
+    def intensity_problem(self, image) -> str | None:
+        """Why the intensities are not those of a CT in HU, or ``None`` when they are."""
+        sample = self.subsample(image)
+        low, high = (float(v) for v in np.percentile(sample, [self.low_percentile, self.high_percentile]))
+        stats = f"{self.low_percentile:g}th percentile {low:.4g}, {self.high_percentile:g}th percentile {high:.4g}"
+        if low > self.air_hu:
+            if low >= 0.0:
+                kind = ("values within [0, 1] as in an intensity-normalised image" if high <= 1.0 else
+                        "non-negative values as in MR, or a CT stored without its rescale intercept")
+            else:
+                kind = "no air"
+            return (f"intensities are not Hounsfield units of a CT ({kind}: a CT has air near -1000 HU, but fewer than "
+                    f"{self.low_percentile:g}% of the voxels are at or below {self.air_hu:g}; {stats})")
+        if high <= self.tissue_hu:
+            return (f"intensities are not Hounsfield units of a CT (no tissue: fewer than {100 - self.high_percentile:g}% "
+                    f"of the voxels are above {self.tissue_hu:g} HU; {stats})")
+        return None
+
+    def __call__(self, data: Mapping) -> dict:
+        from textseg.dicom import dicom_modality
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            name = _source_name(d, key)
+            modality = dicom_modality(name) if name != str(key) and os.path.exists(name) else None
+            if modality is not None:
+                problem = None if modality == "CT" else f"DICOM Modality is {modality!r}, not CT"
+            else:
+                problem = self.intensity_problem(d[key])
+            if problem is None:
+                continue
+            message = f"{name}: {problem}; {_NON_CT_HINT}"
+            if not self.allow_non_ct:
+                raise ValueError(message)
+            warnings.warn(f"{name}: {problem}; running anyway (allow_non_ct=True): results on non-CT input are unreliable.",
+                          UserWarning, stacklevel=2)
+        return d
+
+
 def ct_transforms(
     keys: Sequence[str] = ("image",),
     label_key: str | None = None,
@@ -89,8 +198,9 @@ def ct_transforms(
     axcodes: str = "RAS",
     canonicalize: bool = False,
     canonical_kwargs: Mapping | None = None,
+    allow_non_ct: bool = False,
 ) -> list:
-    """Deterministic CT preprocessing: load, validate, orient, resample, window intensities.
+    """Deterministic CT preprocessing: load, validate, refuse non-CT input, orient, resample, window intensities.
 
     Every step is invertible, so predictions can be mapped back to the input grid with ``Invertd``.
 
@@ -103,6 +213,8 @@ def ct_transforms(
         canonicalize: also estimate and remove the patient's residual rotation from the image
             (:class:`textseg.canonical.CanonicalizeRotationd`, on HU, after resampling; invertible).
         canonical_kwargs: more arguments for :class:`~textseg.canonical.CanonicalizeRotationd`.
+        allow_non_ct: run on images that do not look like CT (DICOM Modality other than CT, intensities not in
+            HU) with a warning, instead of refusing them (:class:`CheckCTd`).
 
     Returns:
         list of transforms, to be composed with others (``Compose(ct_transforms(...) + [...])``).
@@ -113,6 +225,7 @@ def ct_transforms(
     chain = [
         LoadImaged(keys=all_keys, ensure_channel_first=True, image_only=True),
         ValidateImaged(keys=keys),
+        CheckCTd(keys=keys, allow_non_ct=allow_non_ct),
         EnsureTyped(keys=all_keys, dtype=[torch.float32] * len(keys) + ([torch.int16] if label_key else [])),
         Orientationd(keys=all_keys, axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=all_keys, pixdim=tuple(pixdim), mode=modes),

@@ -73,7 +73,9 @@ def test_stash_lets_spacingd_run_on_monailabel_data(tmp_path):
 
     transforms = _app_module("transforms")
     path = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.int16), np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    ct = np.full((16, 16, 16), -1000, np.int16)  # air around a soft-tissue block: passes CheckCTd
+    ct[4:12, 4:12, 4:12] = 40
+    nib.save(nib.Nifti1Image(ct, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
     data = {"image": str(path), "image_path": str(path)}
     chain = ct_transforms(pixdim=(4.0, 4.0, 4.0))
     if tuple(int(v) for v in monai.__version__.split(".")[:2]) >= (1, 6):
