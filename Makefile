@@ -1,13 +1,15 @@
 # Two entry points (see README): `make demo` and `make test`. Both create .venv/ on first use.
+# `make demo` segments the shipped real CT with the shipped model (bundles/.../models/model.pt, no training).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.textseg-installed
-PROMPT ?= segment the liver and kidneys
+PROMPT ?=
 IMAGE ?=
+BUNDLE := bundles/text_prompted_ct_segmentation
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test serve simulate clean-outputs rotation clicks robustness
+.PHONY: setup demo demo-phantom train-real cross-patient test serve simulate clean-outputs rotation clicks robustness
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +20,31 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/textseg demo --prompt "$(PROMPT)" $(if $(IMAGE),--image "$(IMAGE)")
+	HF_HUB_OFFLINE=1 $(BIN)/textseg demo $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(IMAGE),--image "$(IMAGE)")
+
+# The phantom demo: make phantoms, train the tiny bundle on CPU (about 12 min), segment the held-out phantoms.
+demo-phantom: setup
+	HF_HUB_OFFLINE=1 $(BIN)/textseg demo --phantom $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(IMAGE),--image "$(IMAGE)")
+
+# The real-CT recipe (configs/real_ct.json: the model, real_ct_train.json: data and augmentations): trains the shipped model models/model.pt on both real patients
+# (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded; about 60 min on 2 CPU cores. A killed run
+# resumes from its last epoch when started again. TRAIN_ARGS e.g. "--epochs 10"; the real-size configuration on a GPU:
+# make train-real TRAIN_CONFIGS="train.json real_ct.json real_ct_train.json real_ct_gpu.json" TRAIN_ARGS= (writes models/model_large.pt).
+TRAIN_CONFIGS ?= train.json real_ct.json real_ct_train.json
+TRAIN_ARGS ?= --epochs 70 --val_interval 10
+empty :=
+space := $(empty) $(empty)
+comma := ,
+train-real: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m monai.bundle run \
+	  --config_file "[$(subst $(space),$(comma),$(foreach c,$(TRAIN_CONFIGS),'$(BUNDLE)/configs/$(c)'))]" \
+	  --meta_file $(BUNDLE)/configs/metadata.json --logging_file $(BUNDLE)/configs/logging.conf --bundle_root $(BUNDLE) $(TRAIN_ARGS)
+
+# Cross-patient table (model card): train on one patient and test on the other, both ways, then evaluate the
+# shipped model (both patients) on held-out slabs and training data; outputs/cross_patient. CROSS_ARGS e.g. "--epochs 20".
+CROSS_ARGS ?=
+cross-patient: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/cross_patient.py $(CROSS_ARGS)
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
@@ -46,20 +72,23 @@ CLICKS_ARGS ?=
 clicks: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_clicks.py $(CLICKS_ARGS)
 
-# Issue 8 in one command: the rotation table (outputs/rotation) and the click curves (outputs/clicks).
+# The rotation table (outputs/rotation) and the click curves (outputs/clicks) in one command.
 robustness: rotation clicks
 
-# MONAI Label app (README: "MONAI Label app"): phantom studies (or STUDIES=folder or DICOMweb URL) on 127.0.0.1.
+# MONAI Label app (README: "MONAI Label app"): the real example CT and phantom studies (or STUDIES=folder or
+# DICOMweb URL) on 127.0.0.1, served with the shipped real-CT model. The phantom model:
+# OVERLAY=tiny CHECKPOINT=$(BUNDLE)/models/model_tiny.pt MODELS=text_prompt,all_structures,interactive (after make demo-phantom).
 STUDIES ?= data/serve/studies
-CHECKPOINT ?= bundles/text_prompted_ct_segmentation/models/model_tiny.pt
+OVERLAY ?= real_ct
+CHECKPOINT ?= $(BUNDLE)/models/model.pt
 PORT ?= 8000
-MODELS ?= text_prompt,all_structures,interactive
+MODELS ?= text_prompt,all_structures
 
 serve: setup
 	@test -f "$(CHECKPOINT)" || { echo "make serve: no trained checkpoint at $(CHECKPOINT)."; \
-	  echo "  Run 'make demo' first (trains the tiny bundle on phantoms, about 12 minutes on a CPU, and writes it there),"; \
-	  echo "  or pass CHECKPOINT=/path/to/model.pt (with the matching bundle overlay)."; exit 1; }
+	  echo "  The shipped model is models/model.pt (git checkout -- $(BUNDLE)/models/model.pt restores it);"; \
+	  echo "  'make demo-phantom' trains the phantom model models/model_tiny.pt; or pass CHECKPOINT=/path/to/model.pt and OVERLAY."; exit 1; }
 	@case "$(STUDIES)" in http*) ;; data/serve/studies) HF_HUB_OFFLINE=1 $(BIN)/python -m textseg.app_support prepare-studies $(STUDIES) >/dev/null ;; esac
 	PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/monailabel start_server --app apps/textseg_app \
-	  --studies "$(STUDIES)" --conf models $(MODELS) --conf bundle_overlay tiny --conf checkpoint "$(CHECKPOINT)" \
+	  --studies "$(STUDIES)" --conf models $(MODELS) --conf bundle_overlay $(OVERLAY) --conf checkpoint "$(CHECKPOINT)" \
 	  --host 127.0.0.1 --port $(PORT)

@@ -1,4 +1,4 @@
-"""The main job end to end on a tiny budget: phantom -> train -> segment -> Dice, overlay and report."""
+"""The phantom demo end to end on a tiny budget: phantom -> train -> segment -> Dice, overlay and report."""
 
 import json
 import shutil
@@ -6,7 +6,7 @@ import shutil
 import nibabel as nib
 import pytest
 
-from textseg.demo import checkpoint_matches, run_demo
+from textseg.demo import checkpoint_matches, run_phantom_demo
 
 from conftest import BUNDLE_DIR
 
@@ -17,7 +17,7 @@ def test_demo_runs_end_to_end_and_reuses_its_checkpoint(tmp_path, capsys):
     bundle = tmp_path / "bundle"
     shutil.copytree(BUNDLE_DIR, bundle, ignore=shutil.ignore_patterns("models", "eval"))
     kwargs = dict(output_dir=tmp_path / "out", bundle_dir=bundle, data_dir=tmp_path / "data", epochs=1, num_train=5, num_test=1)
-    report = run_demo(**kwargs)
+    report = run_phantom_demo(**kwargs)
     checkpoint = bundle / "models" / "model_tiny.pt"
     assert checkpoint.exists() and checkpoint_matches(checkpoint, bundle)
     (case,) = report["cases"]
@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end_and_reuses_its_checkpoint(tmp_path, capsys):
 
     mtime = checkpoint.stat().st_mtime_ns
     capsys.readouterr()
-    run_demo(image=case["image"], prompt="spleen", **kwargs)
+    run_phantom_demo(image=case["image"], prompt="spleen", **kwargs)
     assert "reusing" in capsys.readouterr().out and checkpoint.stat().st_mtime_ns == mtime
 
     # a checkpoint of another network (other parameter names/shapes) is not reused, even with the right embeddings

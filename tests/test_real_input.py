@@ -280,3 +280,31 @@ def test_check_is_cheap_on_big_volumes_and_keeps_every_slice_of_a_slab():
     slab = torch.arange(4, dtype=torch.int16).reshape(1, 1, 1, 4).repeat(1, 300, 300, 1)
     sample = check.subsample(slab)
     assert sample.size <= 60_000 and set(np.unique(sample).tolist()) == {0, 1, 2, 3}
+
+
+@pytest.mark.slow
+def test_shipped_model_segments_a_thin_compressed_dicom_slab(example_ct, tmp_path):
+    """The user's path with a real-world input: 16 slices of the real CT (through the liver, spleen and kidneys, in
+    the shipped model's held-out band) as a JPEG 2000 series -> ``segment`` with the shipped model -> a label map on
+    the series' grid whose liver and spleen volumes match the reference within 25 %."""
+    from textseg.dicom import compress_series
+    from textseg.segment import segment
+    from textseg.vocabulary import load_vocabulary
+
+    first, slices = 85, 16
+    data, affine = _slab(example_ct, slices, first)
+    plain = tmp_path / "plain"
+    write_ct_series(data, affine, plain)
+    series = tmp_path / "j2k"
+    compress_series(plain, series, "jpeg2000")
+    result = segment(series, "liver and spleen", tmp_path / "out")
+    label_map = nib.load(str(result.label_map))
+    assert sorted(label_map.shape) == sorted(data.shape)
+    voxel_ml = abs(np.linalg.det(label_map.affine[:3, :3])) / 1000
+    reference = np.asarray(nib.load(str(EXAMPLE_CT.parent / "example_seg_fast_force_split.nii.gz")).dataobj)[:, :, first:first + slices]
+    vocabulary = load_vocabulary()
+    predicted = np.asarray(label_map.dataobj)
+    for name in ("liver", "spleen"):
+        expected_ml = (reference == vocabulary[name].id).sum() * 27 / 1000
+        found_ml = (predicted == vocabulary[name].id).sum() * voxel_ml
+        assert abs(found_ml - expected_ml) <= 0.25 * expected_ml, (name, found_ml, expected_ml)

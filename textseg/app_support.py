@@ -25,7 +25,7 @@ __all__ = [
     "free_port",
     "MonaiLabelServer",
     "OrthancServer",
-    "prepare_phantom_studies",
+    "prepare_studies",
 ]
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -342,26 +342,46 @@ class OrthancServer:
         self.stop()
 
 
-def prepare_phantom_studies(out_dir: str | os.PathLike, num: int = 2, seed: int = 900, dicom_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Phantom CT studies for serving: ``num`` NIfTI volumes in ``out_dir`` (kept when present), and
-    optionally the same volumes as DICOM series under ``dicom_dir`` (one folder each)."""
+EXAMPLE_STUDY = {
+    "patient_id": "TSEXAMPLE01",
+    "patient_name": "TotalSegmentator^Example",
+    "study_description": "CT abdomen-pelvis (TotalSegmentator example, native phase)",
+    "series_description": "CT 3 mm",
+}
+"""DICOM identity of the shipped real example CT when it is served as a study."""
+
+
+def prepare_studies(out_dir: str | os.PathLike, num: int = 2, seed: int = 900, dicom_dir: str | os.PathLike | None = None) -> list[Path]:
+    """CT studies for serving: the shipped real example CT first, then ``num`` phantom volumes, as NIfTI in
+    ``out_dir`` (kept when present), and optionally the same volumes as DICOM series under ``dicom_dir`` (one
+    folder each; the real CT under its own patient name and description)."""
+    import shutil
+
+    from textseg.demo import EXAMPLE_CT
     from textseg.dicom import write_ct_series
     from textseg.phantom import make_phantom
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    if EXAMPLE_CT.is_file():
+        path = out_dir / EXAMPLE_CT.name
+        if not path.exists():
+            shutil.copyfile(EXAMPLE_CT, path)
+        paths.append(path)
     for i in range(num):
         path = out_dir / f"phantom_{seed + i:04d}.nii.gz"
-        case = None
         if not path.exists():
-            case = make_phantom(seed + i)
-            case.save(path, out_dir.parent / f"{out_dir.name}_labels" / path.name)
-        if dicom_dir is not None and not (Path(dicom_dir) / path.name.replace(".nii.gz", "")).exists():
-            img = nib.load(str(path))
-            write_ct_series(np.asarray(img.dataobj, dtype=np.float32), img.affine, Path(dicom_dir) / path.name.replace(".nii.gz", ""),
-                            patient_id=f"PHANTOM{seed + i:04d}")
+            make_phantom(seed + i).save(path, out_dir.parent / f"{out_dir.name}_labels" / path.name)
         paths.append(path)
+    if dicom_dir is not None:
+        for path in paths:
+            series = Path(dicom_dir) / path.name.replace(".nii.gz", "")
+            if series.exists():
+                continue
+            img = nib.load(str(path))
+            identity = EXAMPLE_STUDY if path.name == EXAMPLE_CT.name else {"patient_id": path.name.replace(".nii.gz", "").replace("_", "").upper()}
+            write_ct_series(np.asarray(img.dataobj, dtype=np.float32), img.affine, series, **identity)
     return paths
 
 
@@ -371,16 +391,16 @@ def _main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m textseg.app_support", description=_main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare-studies", help="write phantom CT studies (NIfTI) for `make serve`")
+    p = sub.add_parser("prepare-studies", help="write the real example CT and phantom CT studies (NIfTI) for `make serve`")
     p.add_argument("out_dir")
     p.add_argument("--num", type=int, default=2)
-    o = sub.add_parser("orthanc", help="run Debian's Orthanc on 127.0.0.1 loaded with DICOM made from phantom studies")
+    o = sub.add_parser("orthanc", help="run Debian's Orthanc on 127.0.0.1 loaded with DICOM made from the served studies")
     o.add_argument("--studies", default="data/serve/studies")
     o.add_argument("--port", type=int, default=8042)
     o.add_argument("--work", default="data/serve/orthanc")
     args = parser.parse_args(argv)
     if args.command == "prepare-studies":
-        for path in prepare_phantom_studies(args.out_dir, args.num):
+        for path in prepare_studies(args.out_dir, args.num):
             print(path)
         return 0
     import signal
@@ -390,7 +410,7 @@ def _main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)  # so the `with` below stops Orthanc (it runs in its own session)
     dicom = Path(args.work) / "dicom"
-    prepare_phantom_studies(args.studies, dicom_dir=dicom)
+    prepare_studies(args.studies, dicom_dir=dicom)
     with OrthancServer(Path(args.work) / "server", port=args.port) as server:
         for folder in sorted(p for p in dicom.iterdir() if p.is_dir()):
             server.upload(sorted(folder.glob("*.dcm")))

@@ -12,6 +12,7 @@ from textseg.vocabulary import Vocabulary, load_vocabulary
 
 __all__ = [
     "DEFAULT_BUNDLE",
+    "SHIPPED_CONFIGS",
     "bundle_config_files",
     "run_bundle",
     "read_config_value",
@@ -22,6 +23,10 @@ __all__ = [
 
 DEFAULT_BUNDLE = Path(os.environ.get("TEXTSEG_BUNDLE", "bundles/text_prompted_ct_segmentation"))
 """The bundle the CLI uses unless told otherwise (relative to the working directory: the repository root)."""
+
+SHIPPED_CONFIGS = ("inference.json", "real_ct.json")
+"""The inference configs of the bundle's released model, ``models/model.pt`` (trained on real CT); the bundle's
+metadata and model card describe it."""
 
 
 def bundle_config_files(bundle_dir: str | os.PathLike, configs: Sequence[str]) -> list[str]:
@@ -74,14 +79,19 @@ def run_bundle(
     return workflow
 
 
-def read_config_value(bundle_dir: str | os.PathLike, config: str, key: str) -> Any:
-    """A raw (unparsed) value from one of a bundle's config files."""
-    path = bundle_config_files(bundle_dir, [config])[0]
-    with open(path) as f:
-        content = json.load(f)
-    if key not in content:
-        raise KeyError(f"{path} has no {key!r}")
-    return content[key]
+def read_config_value(bundle_dir: str | os.PathLike, config: str | Sequence[str], key: str) -> Any:
+    """A raw (unparsed) top-level value of a bundle's config file, or of configs merged in order (overlays last:
+    the last one that sets ``key`` wins)."""
+    names = [config] if isinstance(config, str) else list(config)
+    found, value = False, None
+    for path in bundle_config_files(bundle_dir, names):
+        with open(path) as f:
+            content = json.load(f)
+        if key in content:
+            found, value = True, content[key]
+    if not found:
+        raise KeyError(f"{', '.join(names)} in {bundle_dir} have no {key!r}")
+    return value
 
 
 def generated_metadata(metadata: Mapping, class_names: Sequence[str], vocabulary: Vocabulary | None = None) -> dict:
@@ -136,7 +146,7 @@ def sync_bundle(bundle_dir: str | os.PathLike, write: bool = False, vocabulary: 
     test can assert that the committed bundle agrees with the vocabulary.
     """
     bundle_dir = Path(bundle_dir)
-    class_names = read_config_value(bundle_dir, "inference.json", "class_names")
+    class_names = read_config_value(bundle_dir, SHIPPED_CONFIGS, "class_names")
     stale = []
     meta_path = bundle_dir / "configs" / "metadata.json"
     metadata = json.loads(meta_path.read_text())

@@ -67,20 +67,27 @@ def _train(args) -> int:
 
 
 def _segment(args) -> int:
-    configs = ["inference.json"] + (["tiny.json"] if args.tiny else [])
+    from textseg.bundle import SHIPPED_CONFIGS
+
+    configs = ["inference.json", "tiny.json"] if args.tiny else list(SHIPPED_CONFIGS)
     with _logs_to_stderr():  # stdout carries the JSON answer only
         from textseg.segment import segment
 
-        result = segment(args.image, args.prompt, args.output, args.bundle, configs)
+        result = segment(args.image, args.prompt, args.output, args.bundle, configs, allow_non_ct=args.allow_non_ct)
     print(json.dumps({"label_map": str(result.label_map), "masks": {k: str(v) for k, v in result.masks.items()},
                       "overlay": str(result.overlay), "labels": result.labels}, indent=2))
     return 0
 
 
 def _demo(args) -> int:
-    from textseg.demo import run_demo
+    from textseg.demo import PHANTOM_PROMPT, run_demo, run_phantom_demo
 
-    report = run_demo(args.image, args.prompt, args.output, args.bundle, args.data_dir, epochs=args.epochs, retrain=args.retrain)
+    if args.phantom:
+        report = run_phantom_demo(args.image, args.prompt or PHANTOM_PROMPT, args.output, args.bundle, args.data_dir, epochs=args.epochs,
+                                  retrain=args.retrain)
+    else:
+        kwargs = {"prompt": args.prompt} if args.prompt else {}
+        report = run_demo(args.image, output_dir=args.output, bundle_dir=args.bundle, allow_non_ct=args.allow_non_ct, **kwargs)
     if args.min_dice is not None and report.get("mean_dice", 1.0) < args.min_dice:
         print(f"mean Dice {report['mean_dice']:.3f} is below --min-dice {args.min_dice}", file=sys.stderr)
         return 1
@@ -89,7 +96,7 @@ def _demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from textseg.bundle import DEFAULT_BUNDLE
-    from textseg.demo import DEMO_PROMPT
+    from textseg.demo import DEMO_PROMPT, PHANTOM_PROMPT
     from textseg.text import DEFAULT_TEMPLATE
 
     parser = argparse.ArgumentParser(prog="textseg", description="Text-prompted 3D CT segmentation (MONAI bundles).")
@@ -117,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (("train", _train, "train a bundle"), ("segment", _segment, "segment an image from a prompt")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
-        p.add_argument("--tiny", action="store_true", help="use the CPU-sized overlay configs/tiny.json")
+        p.add_argument("--tiny", action="store_true", help="use the phantom-trained tiny model (configs/tiny.json) instead of the shipped real-CT model")
         p.set_defaults(func=func)
         if name == "train":
             p.add_argument("--dataset", default="phantom", help="datasets.yaml entry")
@@ -128,15 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--image", required=True, help="NIfTI file or DICOM folder")
             p.add_argument("--prompt", required=True)
             p.add_argument("--output", default="outputs")
+            p.add_argument("--allow-non-ct", action="store_true", help="segment an image that does not look like CT (MR, PET...)")
 
-    p = sub.add_parser("demo", help="phantom -> train tiny bundle -> segment from a prompt, with Dice and overlay")
-    p.add_argument("--image", default=None, help="segment this NIfTI/DICOM folder instead of the held-out phantoms")
-    p.add_argument("--prompt", default=DEMO_PROMPT)
+    p = sub.add_parser("demo", help="segment the shipped real CT (or --image) from a prompt with the shipped model: Dice, masks, overlay")
+    p.add_argument("--image", default=None, help="segment this NIfTI/DICOM folder instead of the shipped example CT")
+    p.add_argument("--prompt", default=None, help=f"default {DEMO_PROMPT!r} ({PHANTOM_PROMPT!r} with --phantom)")
+    p.add_argument("--phantom", action="store_true", help="the phantom demo: make phantoms, train the tiny bundle on CPU, segment them")
+    p.add_argument("--allow-non-ct", action="store_true", help="segment an image that does not look like CT")
     p.add_argument("--output", default="outputs")
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
-    p.add_argument("--data-dir", default="data/phantom")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--retrain", action="store_true")
+    p.add_argument("--data-dir", default="data/phantom", help="--phantom: where the phantoms are made")
+    p.add_argument("--epochs", type=int, default=40, help="--phantom: training epochs")
+    p.add_argument("--retrain", action="store_true", help="--phantom: train again even if the tiny checkpoint exists")
     p.add_argument("--min-dice", type=float, default=None, help="exit 1 if the mean phantom Dice is lower")
     p.set_defaults(func=_demo)
     return parser

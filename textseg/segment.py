@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from textseg.bundle import DEFAULT_BUNDLE, read_config_value, run_bundle
+from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, read_config_value, run_bundle
 from textseg.metrics import write_atomic
 from textseg.prompts import prompt_structures, resolve
 from textseg.visualize import overlay_png
@@ -71,7 +71,7 @@ def segment(
     prompt: str,
     output_dir: str | os.PathLike = "outputs",
     bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
-    configs: Sequence[str] = ("inference.json",),
+    configs: Sequence[str] = SHIPPED_CONFIGS,
     overlay: bool = True,
     **override,
 ) -> SegmentationResult:
@@ -87,12 +87,13 @@ def segment(
         prompt: free text, e.g. "segment the liver and kidneys".
         output_dir: destination folder.
         bundle_dir: the bundle (with ``models/model.pt``).
-        configs: bundle configs to merge, e.g. ``("inference.json", "tiny.json")``.
+        configs: bundle configs to merge; default the shipped real-CT model's, ``("inference.json", "real_ct.json")``;
+            ``("inference.json", "tiny.json")`` is the phantom-trained tiny model.
         overlay: also write the overlay PNG.
         override: more bundle config overrides.
     """
     image = check_image_path(image).resolve()
-    class_names = read_config_value(bundle_dir, "inference.json", "class_names")
+    class_names = read_config_value(bundle_dir, configs, "class_names")
     prompt_structures(prompt, allowed=class_names)  # fail before loading any model
     resolution = resolve(prompt)
     output_dir = Path(output_dir)

@@ -143,7 +143,7 @@ class TextSegApp(MONAILabelApp):
         from textseg.bundle import read_config_value
         from textseg.vocabulary import structure_ids
 
-        return structure_ids(read_config_value(self.settings.bundle_dir, "inference.json", "class_names"))
+        return structure_ids(read_config_value(self.settings.bundle_dir, self.settings.configs, "class_names"))
 
     # --- request checks: bad input answers 4xx with a message, the server keeps serving -----------------
     def infer(self, request, datastore=None):

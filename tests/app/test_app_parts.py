@@ -85,3 +85,25 @@ def test_stash_lets_spacingd_run_on_monailabel_data(tmp_path):
     out = Compose([transforms.StashStringImageKeysd(), *chain, transforms.RestoreStringImageKeysd()])(dict(data))
     assert out["image_path"] == str(path)
     assert tuple(out["image"].shape) == (1, 8, 8, 8)
+
+
+def test_served_studies_start_with_the_real_example_ct_under_its_own_name(tmp_path):
+    """`make serve` studies: the shipped real CT first (and in Orthanc as a DICOM series named as a real patient), then
+    the phantoms; existing files are kept."""
+    import pydicom
+
+    from textseg.app_support import prepare_studies
+    from textseg.demo import EXAMPLE_CT
+
+    paths = prepare_studies(tmp_path / "studies", num=1, dicom_dir=tmp_path / "dicom")
+    assert [p.name for p in paths] == ["example_ct.nii.gz", "phantom_0900.nii.gz"]
+    assert paths[0].read_bytes() == EXAMPLE_CT.read_bytes()
+    series = sorted((tmp_path / "dicom" / "example_ct").glob("*.dcm"))
+    assert len(series) == nib.load(str(EXAMPLE_CT)).shape[2]
+    header = pydicom.dcmread(str(series[0]), stop_before_pixels=True)
+    assert str(header.PatientName) == "TotalSegmentator^Example" and "TotalSegmentator example" in header.StudyDescription
+    phantom = pydicom.dcmread(str(next((tmp_path / "dicom" / "phantom_0900").glob("*.dcm"))), stop_before_pixels=True)
+    assert phantom.PatientID == "PHANTOM0900"
+    mtime = paths[0].stat().st_mtime_ns
+    prepare_studies(tmp_path / "studies", num=1, dicom_dir=tmp_path / "dicom")
+    assert paths[0].stat().st_mtime_ns == mtime

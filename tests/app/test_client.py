@@ -200,17 +200,33 @@ def test_train_on_saved_labels_updates_the_checkpoint_infer_uses(client, app_stu
     assert params["label_names"] == {"liver": 5}
 
 
-def test_training_can_be_stopped_and_the_server_keeps_serving(client):
+def test_training_can_be_stopped_and_the_server_keeps_serving(client, app_checkpoint, app_server):
+    """DELETE /train kills the training subprocess mid-run; the server keeps serving, and the next /train resumes
+    from the last saved epoch (network, optimizer, scheduler) instead of starting over."""
+    import torch
+
+    state_file = app_checkpoint.parent / f"{app_checkpoint.stem}_training_state.pt"
     client.train_start("text_prompt", {"max_epochs": 200})
     try:
-        deadline = time.time() + 120  # the training subprocess starts in MONAI Label's task thread
-        while time.time() < deadline and (client.train_status(check_if_running=False) or {}).get("status") != "RUNNING":
-            time.sleep(1)
+        deadline = time.time() + 300  # the training subprocess starts in MONAI Label's task thread
+        while time.time() < deadline and not state_file.exists():
+            time.sleep(0.5)
         assert client.train_status(check_if_running=False)["status"] == "RUNNING"
-        time.sleep(3)
+        assert state_file.exists(), "no epoch was saved"
     finally:
         client.train_stop()  # never leave a 200-epoch training behind, even when an assertion failed
     status = _wait_training(client, timeout=120)
     assert status["status"] == "STOPPED", status
+    saved = torch.load(state_file, map_location="cpu", weights_only=False)
+    done = saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]
+    assert 1 <= done < 200
     _, params = client.infer("text_prompt", "case_21", {"prompt": "left kidney"})
     assert params["label_names"] == {"kidney_left": 3}
+
+    client.train_start("text_prompt", {"max_epochs": done + 1})
+    status = _wait_training(client)
+    assert status["status"] == "DONE", status
+    stats = client.info()["train_stats"]["text_prompt"]
+    assert stats["epoch"] == done + 1 and stats["state"] == "FINISHED", stats
+    assert f"resuming training from {state_file}: epoch {done} of {done + 1} done" in app_server.log.read_text()
+    assert not state_file.exists(), "a completed run removes its training state"

@@ -12,8 +12,9 @@ from textseg.bundle import bundle_config_files, read_config_value
 
 __all__ = ["AppSettings", "OVERLAYS"]
 
-OVERLAYS = {"none": (), "": (), "tiny": ("tiny.json",)}
-"""``--conf bundle_overlay`` values: ``tiny`` is the CPU-size configuration; any other value names config files."""
+OVERLAYS = {"none": (), "": (), "real_ct": ("real_ct.json",), "tiny": ("tiny.json",)}
+"""``--conf bundle_overlay`` values: ``real_ct`` (default) is the shipped real-CT model (``models/model.pt``), ``tiny``
+the phantom-trained CPU-size model; any other value names config files."""
 
 
 @dataclass
@@ -21,7 +22,7 @@ class AppSettings:
     """Where the bundle, its overlays and the checkpoint are, and which device runs them.
 
     ``--conf`` keys: ``bundle`` (folder; default ``bundles/text_prompted_ct_segmentation`` of the repository
-    holding the app), ``bundle_overlay`` (``tiny``, ``none`` or comma-separated config names),
+    holding the app), ``bundle_overlay`` (``real_ct`` (default), ``tiny``, ``none`` or comma-separated config names),
     ``checkpoint`` (default ``<bundle>/models/<ckpt_name of the configs>``), ``device`` (``auto``, ``cpu``,
     ``cuda``), ``preload`` (load the network at start-up).
 
@@ -49,13 +50,13 @@ class AppSettings:
     def from_conf(cls, app_dir: str | os.PathLike, conf: dict) -> "AppSettings":
         app_dir = Path(app_dir).resolve()
         bundle_dir = Path(conf.get("bundle") or app_dir.parents[1] / "bundles" / "text_prompted_ct_segmentation").resolve()
-        overlay = str(conf.get("bundle_overlay", "tiny")).strip()
+        overlay = str(conf.get("bundle_overlay", "real_ct")).strip()
         overlays = OVERLAYS[overlay] if overlay in OVERLAYS else tuple(
             n if n.endswith(".json") else f"{n}.json" for n in overlay.split(",") if n.strip()
         )
         configs = ("inference.json", *overlays)
         bundle_config_files(bundle_dir, configs)  # clear error when a config is missing
-        ckpt_name = _overlaid_value(bundle_dir, configs, "ckpt_name")
+        ckpt_name = read_config_value(bundle_dir, configs, "ckpt_name")
         checkpoint = Path(conf.get("checkpoint") or bundle_dir / "models" / ckpt_name).resolve()
         device = str(conf.get("device", "auto")).lower()
         if device in ("auto", ""):
@@ -73,26 +74,15 @@ class AppSettings:
 
     def config_value(self, key: str):
         """A plain value of the inference configs, the last overlay that sets it winning (e.g. ``roi_size``)."""
-        return _overlaid_value(self.bundle_dir, self.configs, key)
+        return read_config_value(self.bundle_dir, self.configs, key)
 
     def missing_checkpoint_message(self) -> str:
         """What to do when there is no checkpoint yet."""
         return (
-            f"no trained checkpoint at {self.checkpoint}. Train one with `make demo` (writes "
-            f"bundles/text_prompted_ct_segmentation/models/model_tiny.pt), with `textseg train --tiny`, "
-            f"or pass --conf checkpoint <path to model .pt>."
+            f"no trained checkpoint at {self.checkpoint}. The repository ships models/model.pt (real CT; "
+            f"`git checkout -- bundles/text_prompted_ct_segmentation/models/model.pt` restores it, `make train-real` retrains it); "
+            f"`make demo-phantom` trains the phantom model models/model_tiny.pt; or pass --conf checkpoint <path to model .pt>."
         )
-
-
-def _overlaid_value(bundle_dir: Path, configs: tuple[str, ...], key: str):
-    """``key`` from the first config, replaced by every later config (overlay) that sets it."""
-    value = read_config_value(bundle_dir, configs[0], key)
-    for name in configs[1:]:
-        try:
-            value = read_config_value(bundle_dir, name, key)
-        except KeyError:
-            pass
-    return value
 
 
 def _active_learning_conf(conf: dict) -> dict:

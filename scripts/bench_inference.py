@@ -1,0 +1,124 @@
+"""Whole-CT CPU inference of the shipped model: time per stage and peak memory, and the post-processing choice.
+
+For each image (the shipped example CT, and the same CT resampled to 512 x 512 in-plane with ~N slices, like a
+clinical series), a fresh process runs the bundle's own pipeline (``inference.json`` + ``real_ct.json``) stage
+by stage and reports seconds for loading+preprocessing, the network (sliding window), post-processing, and the
+process's peak RSS. Post-processing is measured two ways on the same network output:
+
+- ``label map`` (what the bundle does): argmax/threshold on the network grid, then invert the label map
+  (nearest neighbour) to the input grid;
+- ``probabilities``: invert the K probability channels (trilinear) to the input grid, then argmax.
+
+    python scripts/bench_inference.py                      # example CT + a 512x512x300 version
+    python scripts/bench_inference.py --slices 800         # the 512x512x800 case
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPT = "segment the liver, spleen and kidneys"
+
+
+def _child(image: str, prompt: str, probabilities: bool) -> dict:
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose, Invertd
+
+    from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, bundle_config_files
+    from textseg.transforms import ProbabilitiesToLabelMapd
+
+    torch.set_grad_enabled(False)
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(DEFAULT_BUNDLE, SHIPPED_CONFIGS))
+    parser["bundle_root"] = str(DEFAULT_BUNDLE)
+    parser["prompt"] = prompt
+    network = parser.get_parsed_content("network")
+    state = torch.load(Path(DEFAULT_BUNDLE) / "models" / "model.pt", map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    network.eval()
+    preprocessing, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
+    target_ids = parser.get_parsed_content("target_ids")
+    times = {}
+    start = time.perf_counter()
+    data = preprocessing({"image": image})
+    times["load_and_preprocess_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    logits = inferer(data["image"][None], network, text_embedding=torch.as_tensor(data["text_embedding"])[None])[0]
+    times["network_s"] = time.perf_counter() - start
+    data["pred"] = torch.sigmoid(logits)
+    data["pred"].applied_operations = data["image"].applied_operations
+    to_labels = ProbabilitiesToLabelMapd(keys="pred", label_ids=target_ids, threshold=0.5)
+    if probabilities:
+        post = Compose([Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False), to_labels])
+    else:
+        post = Compose([to_labels, Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=True)])
+    start = time.perf_counter()
+    out = post(data)["pred"]
+    times["postprocess_s"] = time.perf_counter() - start
+    return {**times, "network_grid": list(data["image"].shape[1:]), "output_shape": list(out.shape[1:]),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "torch_threads": torch.get_num_threads()}
+
+
+def _resampled(source: Path, size: int, slices: int, folder: Path) -> Path:
+    """The example CT resampled (trilinear) to size x size x slices, same field of view: a clinical-sized series."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    img = nib.load(str(source))
+    array = torch.as_tensor(np.asarray(img.dataobj, dtype=np.float32))[None, None]
+    big = F.interpolate(array, size=(size, size, slices), mode="trilinear", align_corners=False)[0, 0]
+    scale = np.array(img.shape[:3], dtype=float) / np.array([size, size, slices])
+    affine = img.affine.copy()
+    affine[:3, :3] = img.affine[:3, :3] * scale  # voxel edges of the field of view are kept
+    affine[:3, 3] = img.affine[:3, 3] + img.affine[:3, :3] @ ((scale - 1) / 2)
+    path = folder / f"example_ct_{size}x{size}x{slices}.nii"
+    nib.save(nib.Nifti1Image(big.round().numpy().astype(np.int16), affine), str(path))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300, help="slices of the 512x512 version (0: skip it)")
+    parser.add_argument("--output", default="outputs/bench_inference.json")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--probabilities", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(*args.child, probabilities=args.probabilities)))
+        return 0
+    from textseg.demo import EXAMPLE_CT
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        images = [EXAMPLE_CT] + ([_resampled(EXAMPLE_CT, 512, args.slices, Path(tmp))] if args.slices else [])
+        for image in images:
+            for probabilities in (False, True):
+                command = [sys.executable, __file__, "--child", str(image), PROMPT] + (["--probabilities"] if probabilities else [])
+                result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                if result.returncode != 0:
+                    print(result.stderr[-3000:], file=sys.stderr)
+                    return 1
+                row = {"image": image.name, "postprocessing": "probabilities" if probabilities else "label map",
+                       **json.loads(result.stdout.strip().splitlines()[-1])}
+                rows.append(row)
+                print(f"{row['image']:<28} {row['postprocessing']:<13} preprocess {row['load_and_preprocess_s']:6.1f} s  "
+                      f"network {row['network_s']:6.1f} s  post {row['postprocess_s']:6.1f} s  peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(rows, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

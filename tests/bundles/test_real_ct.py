@@ -1,0 +1,153 @@
+"""The real-CT recipe (configs/real_ct.json + real_ct_train.json) and the shipped model it trained (models/model.pt)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from textseg.bundle import SHIPPED_CONFIGS, read_config_value
+from textseg.datasets import label_maps, load_datalist
+from textseg.transforms import IGNORE_CHANNEL, LabelToChannelsd
+
+from conftest import BUNDLE_DIR, REPO_ROOT, bundle_configs
+
+CONFIGS = BUNDLE_DIR / "configs"
+SHIPPED = BUNDLE_DIR / "models" / "model.pt"
+TCIA_DIR = REPO_ROOT.parent / "shared" / "data" / "ct_tcia"
+CLASS_NAMES = read_config_value(BUNDLE_DIR, SHIPPED_CONFIGS, "class_names")
+
+
+def _channels(case: dict) -> torch.Tensor:
+    from monai.transforms import LoadImaged
+
+    data = LoadImaged(keys="label", ensure_channel_first=True, image_only=True)(dict(case))
+    return LabelToChannelsd(keys="label", class_names=CLASS_NAMES, label_maps=label_maps())(data)["label"]
+
+
+def test_class_set_is_every_structure_labelled_in_either_patient():
+    from textseg.vocabulary import load_vocabulary
+
+    vocabulary = load_vocabulary()
+    example = load_datalist("totalseg_example")[0]
+    present = {vocabulary.by_id(int(i)).name for i in np.unique(np.asarray(nib.load(example["label"]).dataobj)) if i > 0}
+    tcia = set(label_maps()["ccth_a01"].values())
+    assert set(CLASS_NAMES) == present | tcia
+    assert len(CLASS_NAMES) == len(set(CLASS_NAMES)) == 63
+
+
+def test_shipped_example_annotates_every_class():
+    channels = _channels(load_datalist("totalseg_example")[0])
+    assert not (channels == IGNORE_CHANNEL).any(), "the example's label map is a full TotalSegmentator map"
+    absent = {name for k, name in enumerate(CLASS_NAMES) if channels[k].max() == 0}
+    assert absent == {"lung_upper_lobe_right", "lung_middle_lobe_right"}, "out of the field of view: annotated, absent"
+
+
+def test_partial_labels_of_the_second_patient_are_ignored_not_background():
+    if not TCIA_DIR.is_dir():
+        pytest.skip(f"{TCIA_DIR} is absent (../shared is not in a user's clone)")
+    (case,) = load_datalist("ccth_a01")
+    channels = _channels(case)
+    ignored = {name for k, name in enumerate(CLASS_NAMES) if (channels[k] == IGNORE_CHANNEL).all()}
+    assert {"kidney_left", "kidney_right", "spleen", "aorta", "stomach"} <= ignored
+    assert ignored == set(CLASS_NAMES) - set(case["annotated"])
+    liver = channels[CLASS_NAMES.index("liver")]
+    assert liver.max() == 1 and liver.min() == 0
+
+
+@pytest.mark.slow
+def test_real_ct_recipe_trains_through_monais_cli(tmp_path):
+    """train.json + real_ct.json + real_ct_train.json (all augmentations, held-out slabs) trains 1 epoch and writes the model with the
+    63 class embeddings; a state file for resuming is removed once training completes."""
+    datasets = "[{'name': 'totalseg_example'}" + (", {'name': 'ccth_a01'}]" if TCIA_DIR.is_dir() else "]")
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_configs("train.json", "real_ct.json", "real_ct_train.json"),
+         "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
+         "--bundle_root", str(BUNDLE_DIR), "--datasets", datasets, "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval"),
+         "--epochs", "1", "--val_interval", "1", "--repeats", "1", "--crops_per_image", "1", "--num_workers", "0"],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert re.search(r"val_mean_dice: [0-9.]+", result.stdout + result.stderr), "validation ran on the held-out slabs"
+    state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert state["class_embeddings"].shape == (63, 386)
+    assert not (tmp_path / "model_training_state.pt").exists()
+
+
+def test_shipped_checkpoint_is_listed_with_its_hash():
+    if not SHIPPED.is_file():
+        pytest.fail(f"{SHIPPED} is missing: it is committed with the repository")
+    digest = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    listed = yaml.safe_load((BUNDLE_DIR / "large_files.yml").read_text())["large_files"]
+    (entry,) = [e for e in listed if e["path"] == "models/model.pt"]
+    assert entry["hash_type"] == "sha256" and entry["hash_val"] == digest
+    assert digest in (BUNDLE_DIR / "docs" / "README.md").read_text(), "the model card names the checkpoint's sha256"
+    assert SHIPPED.stat().st_size <= 25 * 1024 * 1024
+
+
+def test_shipped_checkpoint_matches_the_shipped_configs():
+    from textseg.demo import checkpoint_matches
+
+    assert checkpoint_matches(SHIPPED, BUNDLE_DIR, SHIPPED_CONFIGS[1:])
+
+
+@pytest.mark.slow
+def test_demo_segments_the_real_example_ct(tmp_path):
+    """The main job (golden file): the shipped model on the shipped real CT, prompt 'segment the liver, spleen and
+    kidneys'. The CT is a training patient of the model: these bounds guard against regressions only."""
+    from textseg.demo import EXAMPLE_CT, run_demo
+
+    report = run_demo(output_dir=tmp_path)
+    (case,) = report["cases"]
+    assert case["targets"] == ["spleen", "kidney_right", "kidney_left", "liver"]
+    assert set(case["dice"]) == {"spleen", "kidney_right", "kidney_left", "liver"}
+    assert min(case["dice"].values()) >= 0.80, case["dice"]
+    assert report["mean_dice"] >= 0.85
+    source, label_map = nib.load(str(EXAMPLE_CT)), nib.load(case["label_map"])
+    assert label_map.shape == source.shape and np.allclose(label_map.affine, source.affine, atol=1e-4)
+    labels = json.loads((tmp_path / "example_ct_labels.json").read_text())
+    assert [row["name"] for row in labels["labels"]] == case["targets"]
+    assert all(labels["volume_ml"][name] > 50 for name in case["targets"]), labels["volume_ml"]
+    assert (tmp_path / "example_ct_overlay.png").stat().st_size > 20_000
+    assert sorted(p.name for p in (tmp_path / "example_ct_masks").iterdir()) == sorted(f"{n}.nii.gz" for n in case["targets"])
+
+
+@pytest.mark.slow
+def test_a_512x512x800_ct_is_segmented_within_6_gib(tmp_path):
+    """A clinical-size series (the example CT resampled to 512 x 512 x 800, 0.7 x 0.6 x 0.4 mm): the label map keeps
+    that grid and the process stays under 6 GB peak resident memory on CPU (label maps, not probabilities, are
+    mapped back to the input grid)."""
+    import torch.nn.functional as F
+
+    from textseg.demo import EXAMPLE_CT
+
+    source = nib.load(str(EXAMPLE_CT))
+    shape = (512, 512, 800)
+    volume = F.interpolate(torch.as_tensor(np.asarray(source.dataobj, dtype=np.float32))[None, None], size=shape, mode="trilinear")[0, 0]
+    scale = np.array(source.shape) / np.array(shape)
+    affine = source.affine.copy()
+    affine[:3, :3] = source.affine[:3, :3] * scale
+    affine[:3, 3] += source.affine[:3, :3] @ ((scale - 1) / 2)
+    image = tmp_path / "big_ct.nii"
+    nib.save(nib.Nifti1Image(volume.round().to(torch.int16).numpy(), affine), str(image))
+    del volume
+    code = ("import resource, sys; from textseg.segment import segment; "
+            f"r = segment({str(image)!r}, 'liver', {str(tmp_path / 'out')!r}, overlay=False); "
+            "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200, cwd=REPO_ROOT,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    peak_gib = int(re.search(r"PEAK_KIB (\d+)", result.stdout).group(1)) / 2**20
+    assert peak_gib <= 6.0 * 1e9 / 2**30, f"peak resident memory {peak_gib:.2f} GiB"
+    label_map = nib.load(str(tmp_path / "out" / "big_ct_seg.nii.gz"))
+    assert label_map.shape == shape and np.allclose(label_map.affine, affine, atol=1e-3)
+    assert (np.asarray(label_map.dataobj) == 5).mean() > 0.02, "the liver is found"

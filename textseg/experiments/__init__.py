@@ -1,0 +1,1 @@
+"""Experiments and benchmarks that measure the library; the core package never imports from here."""

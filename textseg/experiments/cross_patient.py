@@ -1,0 +1,103 @@
+"""Cross-patient study of the real-CT recipe: train on one patient, test on the other, both ways; then both.
+
+Every model is trained with ``train.json`` + ``real_ct.json`` + ``real_ct_train.json`` (held-out slabs excluded, see
+:func:`textseg.datasets.split_slabs`) and evaluated with ``evaluate.json`` (Dice and normalised surface
+Dice per structure, partial labels respected) on three kinds of data, kept apart in the table:
+
+- ``training data``: the slabs the model was trained on;
+- ``held-out slab``: a band of slices of a training patient that training never saw;
+- ``other patient``: a patient the model never saw (only structures labelled there count).
+
+The model trained on both patients is the shipped one (``models/model.pt``); it is trained here only when
+missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from textseg.bundle import DEFAULT_BUNDLE, read_config_value, run_bundle
+from textseg.datasets import load_datalists, split_slabs
+from textseg.metrics import write_atomic
+
+__all__ = ["KEY_STRUCTURES", "PATIENTS", "train_real_model", "evaluate_real_model", "run_cross_patient", "table_markdown"]
+
+PATIENTS = ("totalseg_example", "ccth_a01")
+"""The real patients (datasets.yaml entries)."""
+KEY_STRUCTURES = ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "aorta")
+"""Structures shown in the table (all structures are in the JSON)."""
+TRAIN_CONFIGS = ("train.json", "real_ct.json", "real_ct_train.json")
+EVAL_CONFIGS = (*TRAIN_CONFIGS, "evaluate.json")
+
+
+def train_real_model(patients: Sequence[str], ckpt_dir: str | os.PathLike, epochs: int, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+                     **override) -> Path:
+    """Train the real-CT recipe on ``patients`` (datasets.yaml names, default roots); returns the checkpoint path."""
+    ckpt_dir = Path(ckpt_dir)
+    run_bundle(bundle_dir, TRAIN_CONFIGS, workflow_type="train", datasets=[{"name": p} for p in patients], ckpt_dir=str(ckpt_dir),
+               output_dir=str(ckpt_dir / "eval"), epochs=epochs, val_interval=max(1, epochs // 4), **override)
+    return ckpt_dir / read_config_value(bundle_dir, TRAIN_CONFIGS, "ckpt_name")
+
+
+def evaluate_real_model(checkpoint: str | os.PathLike, cases: Sequence[Mapping], output_dir: str | os.PathLike,
+                        bundle_dir: str | os.PathLike = DEFAULT_BUNDLE) -> dict:
+    """Dice and NSD per structure of ``checkpoint`` on ``cases`` (data dicts, optionally with a ``slab``).
+
+    Returns ``{structure: {"dice": mean, "nsd": mean, "cases": n}}`` for the structures labelled in the cases.
+    """
+    checkpoint = Path(checkpoint).resolve()
+    output_dir = Path(output_dir)
+    run_bundle(bundle_dir, EVAL_CONFIGS, workflow_type=None, ckpt_dir=str(checkpoint.parent), ckpt_name=checkpoint.name,
+               output_dir=str(output_dir), num_workers=0, **{"validate#dataset#data": [dict(c) for c in cases]})
+    report = json.loads((output_dir / "per_structure.json").read_text())
+    return {name: {"dice": m["val_mean_dice"]["mean"], "nsd": m["val_nsd"]["mean"], "cases": m["val_mean_dice"]["cases"]}
+            for name, m in report.items() if m["val_mean_dice"]["cases"] > 0}
+
+
+def run_cross_patient(output_dir: str | os.PathLike = "outputs/cross_patient", epochs: int = 40, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+                      shipped_checkpoint: str | os.PathLike | None = None, shipped_epochs: int = 70, retrain: bool = False) -> list[dict]:
+    """Train the single-patient models (when missing), evaluate them and the shipped model; write the table.
+
+    Writes ``output_dir/cross_patient.{json,md}``; returns the rows.
+    """
+    output_dir = Path(output_dir)
+    holdout = read_config_value(bundle_dir, TRAIN_CONFIGS, "holdout_slabs")
+    shipped = Path(shipped_checkpoint or Path(bundle_dir) / "models" / "model.pt")
+    models = {patient: output_dir / f"trained_on_{patient}" for patient in PATIENTS}
+    rows = []
+    for trained_on, folder in [*models.items(), ("both", shipped.parent)]:
+        patients = list(PATIENTS) if trained_on == "both" else [trained_on]
+        checkpoint = shipped if trained_on == "both" else folder / "model.pt"
+        if retrain or not checkpoint.is_file():
+            print(f"training on {', '.join(patients)} for {epochs if trained_on != 'both' else shipped_epochs} epochs -> {checkpoint}", flush=True)
+            checkpoint = train_real_model(patients, checkpoint.parent, epochs if trained_on != "both" else shipped_epochs, bundle_dir)
+        split = split_slabs(load_datalists([{"name": p} for p in patients]), holdout)
+        others = [p for p in PATIENTS if p not in patients]
+        sets = [("training data", patients, split["training"]), ("held-out slab", patients, split["validation"])]
+        sets += [("other patient", [p], load_datalists([{"name": p}])) for p in others]
+        for kind, evaluated, cases in sets:
+            name = f"{trained_on}__{kind.replace(' ', '_')}__{'_'.join(evaluated)}"
+            print(f"evaluating the model trained on {trained_on} on {kind} ({', '.join(evaluated)})", flush=True)
+            scores = evaluate_real_model(checkpoint, cases, output_dir / "evaluations" / name, bundle_dir)
+            rows.append({"trained_on": trained_on, "evaluated_on": evaluated, "kind": kind, "checkpoint": str(checkpoint), "scores": scores})
+    write_atomic(output_dir / "cross_patient.json", json.dumps(rows, indent=2))
+    write_atomic(output_dir / "cross_patient.md", table_markdown(rows))
+    print(table_markdown(rows))
+    return rows
+
+
+def table_markdown(rows: Sequence[Mapping], structures: Sequence[str] = KEY_STRUCTURES) -> str:
+    """Dice / NSD per structure, one row per (model, data); '-' where the data do not label the structure."""
+    head = "| trained on | evaluated on | data | " + " | ".join(structures) + " | mean Dice (labelled, all structures) |"
+    lines = [head, "|" + "---|" * (4 + len(structures))]
+    for row in rows:
+        scores = row["scores"]
+        cells = [f"{scores[s]['dice']:.3f} / {scores[s]['nsd']:.3f}" if s in scores and not math.isnan(scores[s]["dice"]) else "-" for s in structures]
+        dice = [v["dice"] for v in scores.values() if not math.isnan(v["dice"])]
+        mean = f"{sum(dice) / len(dice):.3f} ({len(dice)})" if dice else "-"
+        lines.append(f"| {row['trained_on']} | {', '.join(row['evaluated_on'])} | {row['kind']} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines) + "\n\nCells: Dice / NSD. Labels are TotalSegmentator predictions (silver standard).\n"
