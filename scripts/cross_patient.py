@@ -7,7 +7,7 @@ from textseg.experiments.cross_patient import run_cross_patient
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="outputs/cross_patient")
-    parser.add_argument("--epochs", type=int, default=40, help="epochs of each single-patient model")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of each single-patient model")
     parser.add_argument("--checkpoint", default=None, help="the model trained on both patients (default: the shipped models/model.pt)")
     parser.add_argument("--retrain", action="store_true", help="train every model again")
     args = parser.parse_args()

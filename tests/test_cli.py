@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "textseg.cli", *args], capture_output=True, text=True, timeout=300)
@@ -27,3 +29,23 @@ def test_resolve_unknown_is_a_clear_error():
 def test_segment_missing_image_is_named(tmp_path):
     result = run_cli("segment", "--image", str(tmp_path / "nope.nii.gz"), "--prompt", "liver", "--output", str(tmp_path))
     assert result.returncode == 2 and "nope.nii.gz" in result.stderr
+
+
+@pytest.mark.slow
+def test_segment_refuses_a_non_ct_image_and_can_be_forced(tmp_path):
+    """An MR-like volume (non-negative intensities, no air at -1000 HU) is refused with the reason, nothing is written;
+    --allow-non-ct runs it anyway."""
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = tmp_path / "mr.nii.gz"
+    nib.save(nib.Nifti1Image(rng.uniform(0, 1200, (64, 64, 24)).astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0])), str(image))
+    result = run_cli("segment", "--image", str(image), "--prompt", "liver", "--output", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "mr.nii.gz" in result.stderr and "not Hounsfield units of a CT" in result.stderr and "--allow-non-ct" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.nii.gz"))
+    forced = run_cli("segment", "--image", str(image), "--prompt", "liver", "--output", str(tmp_path / "out"), "--allow-non-ct")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert nib.load(str(tmp_path / "out" / "mr_seg.nii.gz")).shape == (64, 64, 24)

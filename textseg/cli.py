@@ -158,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except Exception as error:
+        e = error
+        while not isinstance(e, (ValueError, KeyError, FileNotFoundError)) and e.__cause__ is not None:
+            e = e.__cause__  # MONAI wraps a transform's error (e.g. a non-CT image) in RuntimeErrors
+        if not isinstance(e, (ValueError, KeyError, FileNotFoundError)):
+            raise
         message = e.args[0] if type(e) is KeyError and e.args else e  # KeyError quotes its message
         print(f"textseg {args.command}: error: {message}", file=sys.stderr)
         return 2

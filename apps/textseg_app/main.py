@@ -2,11 +2,11 @@
 
 Start with the stock CLI (from the repository root)::
 
-    monailabel start_server --app apps/textseg_app --studies data/serve_studies \
-        --conf models text_prompt,all_structures --conf bundle_overlay tiny --host 127.0.0.1
+    monailabel start_server --app apps/textseg_app --studies data/serve/studies \
+        --conf models text_prompt,all_structures --host 127.0.0.1
 
 ``--conf`` keys: ``models`` (``all`` or a comma list of lib/configs names), ``bundle``, ``bundle_overlay``
-(``tiny`` | ``none`` | config names), ``checkpoint``, ``device`` (``auto`` | ``cpu`` | ``cuda``); active learning:
+(``real_ct``: the shipped real-CT model, default | ``tiny``: the phantom model | ``none`` | config names), ``checkpoint``, ``device`` (``auto`` | ``cpu`` | ``cuda``); active learning:
 ``active_learning_strategy`` (default strategy, ``clasp_pe``), ``active_learning_patch_size``, ``active_learning_rounds``,
 ``mc_dropout_samples``, ``mc_dropout_rate``, ``active_learning_seed`` (see ``lib/settings.py``).
 """

@@ -6,7 +6,9 @@ Dice per structure, partial labels respected) on three kinds of data, kept apart
 
 - ``training data``: the slabs the model was trained on;
 - ``held-out slab``: a band of slices of a training patient that training never saw;
-- ``other patient``: a patient the model never saw (only structures labelled there count).
+- ``other patient``: a patient the model never saw.
+
+Only structures labelled both in the evaluated data and in the model's training data are scored.
 
 The model trained on both patients is the shipped one (``models/model.pt``); it is trained here only when
 missing.
@@ -34,12 +36,15 @@ TRAIN_CONFIGS = ("train.json", "real_ct.json", "real_ct_train.json")
 EVAL_CONFIGS = (*TRAIN_CONFIGS, "evaluate.json")
 
 
-def train_real_model(patients: Sequence[str], ckpt_dir: str | os.PathLike, epochs: int, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
-                     **override) -> Path:
-    """Train the real-CT recipe on ``patients`` (datasets.yaml names, default roots); returns the checkpoint path."""
+def train_real_model(patients: Sequence[str], ckpt_dir: str | os.PathLike, epochs: int | None = None,
+                     bundle_dir: str | os.PathLike = DEFAULT_BUNDLE, **override) -> Path:
+    """Train the real-CT recipe on ``patients`` (datasets.yaml names, default roots) for ``epochs`` (default: the
+    recipe's); returns the checkpoint path."""
     ckpt_dir = Path(ckpt_dir)
+    if epochs is not None:
+        override.update(epochs=epochs, val_interval=max(1, epochs // 4))
     run_bundle(bundle_dir, TRAIN_CONFIGS, workflow_type="train", datasets=[{"name": p} for p in patients], ckpt_dir=str(ckpt_dir),
-               output_dir=str(ckpt_dir / "eval"), epochs=epochs, val_interval=max(1, epochs // 4), **override)
+               output_dir=str(ckpt_dir / "eval"), **override)
     return ckpt_dir / read_config_value(bundle_dir, TRAIN_CONFIGS, "ckpt_name")
 
 
@@ -58,31 +63,36 @@ def evaluate_real_model(checkpoint: str | os.PathLike, cases: Sequence[Mapping],
             for name, m in report.items() if m["val_mean_dice"]["cases"] > 0}
 
 
-def run_cross_patient(output_dir: str | os.PathLike = "outputs/cross_patient", epochs: int = 40, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
-                      shipped_checkpoint: str | os.PathLike | None = None, shipped_epochs: int = 70, retrain: bool = False) -> list[dict]:
-    """Train the single-patient models (when missing), evaluate them and the shipped model; write the table.
+def run_cross_patient(output_dir: str | os.PathLike = "outputs/cross_patient", epochs: int = 20, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+                      shipped_checkpoint: str | os.PathLike | None = None, retrain: bool = False) -> list[dict]:
+    """Train the single-patient models for ``epochs`` (when missing), evaluate them and the shipped model (trained
+    with the recipe's own epochs when missing or ``retrain``); write the table.
 
     Writes ``output_dir/cross_patient.{json,md}``; returns the rows.
     """
     output_dir = Path(output_dir)
     holdout = read_config_value(bundle_dir, TRAIN_CONFIGS, "holdout_slabs")
     shipped = Path(shipped_checkpoint or Path(bundle_dir) / "models" / "model.pt")
-    models = {patient: output_dir / f"trained_on_{patient}" for patient in PATIENTS}
     rows = []
-    for trained_on, folder in [*models.items(), ("both", shipped.parent)]:
+    for trained_on in (*PATIENTS, "both"):
         patients = list(PATIENTS) if trained_on == "both" else [trained_on]
-        checkpoint = shipped if trained_on == "both" else folder / "model.pt"
+        checkpoint = shipped if trained_on == "both" else output_dir / f"trained_on_{trained_on}" / "model.pt"
         if retrain or not checkpoint.is_file():
-            print(f"training on {', '.join(patients)} for {epochs if trained_on != 'both' else shipped_epochs} epochs -> {checkpoint}", flush=True)
-            checkpoint = train_real_model(patients, checkpoint.parent, epochs if trained_on != "both" else shipped_epochs, bundle_dir)
-        split = split_slabs(load_datalists([{"name": p} for p in patients]), holdout)
+            budget = None if trained_on == "both" else epochs
+            epochs_text = budget or "the recipe's"
+            print(f"training on {', '.join(patients)} for {epochs_text} epochs -> {checkpoint}", flush=True)
+            checkpoint = train_real_model(patients, checkpoint.parent, budget, bundle_dir)
+        cases = load_datalists([{"name": p} for p in patients])
+        trained = {name for case in cases for name in case["annotated"]}  # a model is scored only on what it learnt
+        split = split_slabs(cases, holdout)
         others = [p for p in PATIENTS if p not in patients]
         sets = [("training data", patients, split["training"]), ("held-out slab", patients, split["validation"])]
         sets += [("other patient", [p], load_datalists([{"name": p}])) for p in others]
-        for kind, evaluated, cases in sets:
+        for kind, evaluated, eval_cases in sets:
             name = f"{trained_on}__{kind.replace(' ', '_')}__{'_'.join(evaluated)}"
             print(f"evaluating the model trained on {trained_on} on {kind} ({', '.join(evaluated)})", flush=True)
-            scores = evaluate_real_model(checkpoint, cases, output_dir / "evaluations" / name, bundle_dir)
+            scores = evaluate_real_model(checkpoint, eval_cases, output_dir / "evaluations" / name, bundle_dir)
+            scores = {k: v for k, v in scores.items() if k in trained}
             rows.append({"trained_on": trained_on, "evaluated_on": evaluated, "kind": kind, "checkpoint": str(checkpoint), "scores": scores})
     write_atomic(output_dir / "cross_patient.json", json.dumps(rows, indent=2))
     write_atomic(output_dir / "cross_patient.md", table_markdown(rows))
@@ -91,7 +101,8 @@ def run_cross_patient(output_dir: str | os.PathLike = "outputs/cross_patient", e
 
 
 def table_markdown(rows: Sequence[Mapping], structures: Sequence[str] = KEY_STRUCTURES) -> str:
-    """Dice / NSD per structure, one row per (model, data); '-' where the data do not label the structure."""
+    """Dice / NSD per structure, one row per (model, data); '-' where the data do not label the structure or the
+    model's training data did not."""
     head = "| trained on | evaluated on | data | " + " | ".join(structures) + " | mean Dice (labelled, all structures) |"
     lines = [head, "|" + "---|" * (4 + len(structures))]
     for row in rows:
