@@ -21,13 +21,19 @@ class PartialLabelDiceCELoss(nn.Module):
         lambda_dice: weight of the Dice term.
         lambda_ce: weight of the cross-entropy term.
         smooth: Dice smoothing added to numerator and denominator.
+        pos_weight_cap: when set, the cross-entropy of each channel weighs its foreground voxels by (background
+            voxels / foreground voxels), at most this cap (balanced cross-entropy), so a structure filling 1 % of a
+            crop is not drowned by its background; ``None``: unweighted.
     """
 
-    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth: float = 1.0):
+    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth: float = 1.0, pos_weight_cap: float | None = None):
         super().__init__()
+        if pos_weight_cap is not None and pos_weight_cap < 1:
+            raise ValueError(f"pos_weight_cap must be at least 1, got {pos_weight_cap}.")
         self.lambda_dice = lambda_dice
         self.lambda_ce = lambda_ce
         self.smooth = smooth
+        self.pos_weight_cap = pos_weight_cap
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """
@@ -51,6 +57,10 @@ class PartialLabelDiceCELoss(nn.Module):
         intersection = (probs * flat_target).sum(2)
         denominator = probs.sum(2) + flat_target.sum(2)
         dice = 1.0 - (2.0 * intersection + self.smooth) / (denominator + self.smooth)
-        ce = F.binary_cross_entropy_with_logits(flat_logits, flat_target, reduction="none").mean(2)
+        pos_weight = None
+        if self.pos_weight_cap is not None:
+            foreground = flat_target.sum(2, keepdim=True)
+            pos_weight = ((flat_target.shape[2] - foreground) / foreground.clamp(min=1.0)).clamp(1.0, self.pos_weight_cap)
+        ce = F.binary_cross_entropy_with_logits(flat_logits, flat_target, pos_weight=pos_weight, reduction="none").mean(2)
         per_channel = self.lambda_dice * dice + self.lambda_ce * ce
         return per_channel[supervised].mean()
