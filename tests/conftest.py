@@ -62,7 +62,7 @@ def _train_tiny(tiny_phantom: Path, ckpt_dir: Path, overlays: tuple[str, ...], c
          "--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(ckpt_dir),
          "--output_dir", str(ckpt_dir / "eval"), "--epochs", "1", "--val_interval", "1", "--num_val", "1",
          "--crops_per_image", "1", "--num_workers", "0"],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     if result.returncode != 0 or not (ckpt_dir / checkpoint).exists():
         pytest.fail(f"bundle training failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")

@@ -32,7 +32,7 @@ def monai_bundle(*args: str, cwd: Path | None = None) -> subprocess.CompletedPro
     """``python -m monai.bundle ...`` in a fresh process; fails the test with its output on error."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900
     )
     if result.returncode != 0:
         pytest.fail(f"monai.bundle {args[0]} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
@@ -151,7 +151,7 @@ def test_inference_cli_refuses_bad_requests(trained_bundle, tiny_phantom, tmp_pa
          "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
          "--ckpt_path", str(trained_bundle / "model_tiny.pt"), "--input_image", str(image), "--output_dir", str(tmp_path),
          *overrides],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True, encoding="utf-8", errors="replace", timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert result.returncode != 0
     assert all(m in result.stderr for m in messages), result.stderr[-3000:]
@@ -205,7 +205,7 @@ def test_multi_gpu_config_trains_with_two_processes(tiny_phantom, tmp_path, fusi
          "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
          "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval"),
          "--epochs", "1", "--val_interval", "1", "--num_val", "2", "--crops_per_image", "1", "--num_workers", "0"],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=env,
     )
     assert result.returncode == 0, result.stderr[-6000:]
     state = torch.load(tmp_path / checkpoint, map_location="cpu", weights_only=True)
@@ -265,7 +265,7 @@ def test_training_mixes_datasets_with_different_label_sets(tiny_phantom, tmp_pat
          "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
          "--datasets", repr(sources), "--datasets_file", str(datasets_file), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
          "--epochs", "1", "--val_interval", "1", "--num_val", "2", "--crops_per_image", "1", "--num_workers", "0"],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert result.returncode == 0, result.stderr[-6000:]
     assert (tmp_path / "models" / "model_tiny.pt").exists()
