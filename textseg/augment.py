@@ -38,9 +38,6 @@ CONTRAST_PHASES: dict[str, dict[str, tuple[float, float]]] = {
 structure. Typical enhancement of abdominal CT (arterial ~25-35 s, portal-venous ~70 s after injection)."""
 
 
-
-
-
 class CropSlabd(MapTransform):
     """Keep the slab ``data[slab_key] = [low, high]`` (fractions of the last, superior-inferior axis).
 
@@ -63,8 +60,8 @@ class CropSlabd(MapTransform):
             raise ValueError(f"slab {slab} must be fractions 0 <= low < high <= 1.")
         for key in self.key_iterator(d):
             depth = d[key].shape[-1]
-            start, stop = int(round(low * depth)), max(int(round(high * depth)), int(round(low * depth)) + 1)
-            d[key] = d[key][..., start:stop]
+            start = int(round(low * depth))
+            d[key] = d[key][..., start : max(int(round(high * depth)), start + 1)]
         return d
 
 
