@@ -37,7 +37,7 @@ GOAL = 2.0
 
 def tiny_network_kwargs() -> dict:
     """The network sizes of the bundle's tiny overlay (``network_def#...`` keys of tiny.json)."""
-    overlay = json.loads(TINY.read_text())
+    overlay = json.loads(TINY.read_text(encoding="utf-8"))
     return {k.split("#", 1)[1]: v for k, v in overlay.items() if k.startswith("network_def#")}
 
 

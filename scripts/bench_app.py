@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     report = {"volume_shape": list(shape), "direct_s": t_direct, "app_s": t_app, "ratio": ratio, "ratio_goal": 1.2,
               "concurrent": args.concurrent, "concurrent_correct": correct, "concurrent_wall_s": wall, "server_alive_after": alive,
               "checkpoint": str(checkpoint), "cpu_count": os.cpu_count()}
-    (WORK / "report.json").write_text(json.dumps(report, indent=2))
+    (WORK / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"report: {WORK / 'report.json'}")
     return 0 if correct == args.concurrent else 1
 

@@ -115,7 +115,7 @@ def main() -> int:
                 print(f"{row['image']:<28} {row['postprocessing']:<13} preprocess {row['load_and_preprocess_s']:6.1f} s  "
                       f"network {row['network_s']:6.1f} s  post {row['postprocess_s']:6.1f} s  peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(rows, indent=2))
+    Path(args.output).write_text(json.dumps(rows, indent=2), encoding="utf-8")
     print(f"wrote {args.output}")
     return 0
 

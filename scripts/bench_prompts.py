@@ -45,7 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", default=str(Path(__file__).resolve().parents[1] / "tests" / "data" / "prompts.yaml"))
     args = parser.parse_args()
-    cases = yaml.safe_load(Path(args.prompts).read_text())["prompts"]
+    cases = yaml.safe_load(Path(args.prompts).read_text(encoding="utf-8"))["prompts"]
 
     resolver = PromptResolver()
     resolver.resolve("liver")  # load the vocabulary once

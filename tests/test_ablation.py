@@ -23,8 +23,8 @@ def test_ablation_trains_and_scores_every_fusion(tmp_path):
         assert len(r["structures"]) == 10
     checkpoints = sorted(p.name for p in (tmp_path / "out").rglob("*.pt"))
     assert checkpoints == ["model_concat.pt", "model_cross_attention.pt", "model_tiny.pt"]
-    assert json.loads((tmp_path / "out" / "ablation.json").read_text()) == json.loads(json.dumps(results))
-    table = (tmp_path / "out" / "ablation.md").read_text()
+    assert json.loads((tmp_path / "out" / "ablation.json").read_text(encoding="utf-8")) == json.loads(json.dumps(results))
+    table = (tmp_path / "out" / "ablation.md").read_text(encoding="utf-8")
     assert table == ablation_markdown(results) and "| cross_attention |" in table
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 10_000
 

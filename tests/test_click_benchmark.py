@@ -77,14 +77,14 @@ def test_click_benchmark_script_end_to_end(trained_interactive_bundle, tmp_path,
     assert status == 0
     printed = capsys.readouterr().out
     assert "goal (sliding_window: mean Dice rises at every click 1 -> 2)" in printed and "goal (zoom:" in printed
-    result = json.loads((out / "click_benchmark.json").read_text())
+    result = json.loads((out / "click_benchmark.json").read_text(encoding="utf-8"))
     assert {r["mode"] for r in result["rows"]} == {"sliding_window", "zoom"}
     assert {r["clicks"] for r in result["rows"]} == {0, 1, 2}
     structures = {r["structure"] for r in result["rows"]}
     assert {"liver", "kidney_left", "spleen"} <= structures
     assert all(0.0 <= r["dice"] <= 1.0 for r in result["rows"])
     assert (out / "click_benchmark.png").stat().st_size > 1000
-    assert "| 0 (text only) |" in (out / "click_benchmark.md").read_text()
+    assert "| 0 (text only) |" in (out / "click_benchmark.md").read_text(encoding="utf-8")
     assert set(result["monotonic"]) == {"sliding_window", "zoom"}
 
 

@@ -24,7 +24,7 @@ def test_demo_runs_end_to_end_and_reuses_its_checkpoint(tmp_path, capsys):
     assert set(case["dice"]) == {"liver", "kidney_left", "kidney_right"}
     assert all(0.0 <= d <= 1.0 for d in case["dice"].values())
     assert 0.0 <= report["mean_dice"] <= 1.0
-    saved = json.loads((tmp_path / "out" / "demo_report.json").read_text())
+    saved = json.loads((tmp_path / "out" / "demo_report.json").read_text(encoding="utf-8"))
     assert saved["mean_dice"] == pytest.approx(report["mean_dice"])
     image = nib.load(case["image"])
     assert nib.load(case["label_map"]).shape == image.shape

@@ -71,9 +71,9 @@ def test_per_structure_report_writes_json_and_csv(tmp_path):
         state = State()
 
     handler(Engine())
-    report = json.loads((tmp_path / "per_structure.json").read_text())
+    report = json.loads((tmp_path / "per_structure.json").read_text(encoding="utf-8"))
     assert report["liver"]["dice"] == {"mean": pytest.approx(0.7), "std": pytest.approx(0.1), "cases": 2}
     assert report["spleen"]["dice"]["cases"] == 1 and report["spleen"]["hd95"]["cases"] == 0
-    assert (tmp_path / "per_structure.csv").read_text().splitlines()[1] == "liver,0.7000,2,3.0000,2"
+    assert (tmp_path / "per_structure.csv").read_text(encoding="utf-8").splitlines()[1] == "liver,0.7000,2,3.0000,2"
     with pytest.raises(KeyError, match="'nsd' saved no details"):
         PerStructureReport(["nsd"], ["liver", "spleen"], tmp_path)(Engine())

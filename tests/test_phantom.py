@@ -86,7 +86,7 @@ def test_bad_geometry(kwargs):
 
 def test_dataset_layout_and_reuse(tmp_path):
     manifest = make_phantom_dataset(tmp_path, num_train=2, num_test=1, seed=1, drop_fraction=0.5, progress=False, shape=(48, 40, 48))
-    dataset = json.loads(manifest.read_text())
+    dataset = json.loads(manifest.read_text(encoding="utf-8"))
     assert dataset["numTraining"] == 2 and dataset["numTest"] == 1
     assert dataset["labels"]["5"] == "liver"
     for entry in dataset["training"] + dataset["test"]:
@@ -96,4 +96,4 @@ def test_dataset_layout_and_reuse(tmp_path):
     make_phantom_dataset(tmp_path, num_train=2, num_test=1, seed=1, drop_fraction=0.5, progress=False, shape=(48, 40, 48))
     assert manifest.stat().st_mtime_ns == before, "same arguments must reuse the dataset"
     make_phantom_dataset(tmp_path, num_train=2, num_test=1, seed=2, progress=False, shape=(48, 40, 48))
-    assert json.loads(manifest.read_text())["generator"]["params"]["seed"] == 2
+    assert json.loads(manifest.read_text(encoding="utf-8"))["generator"]["params"]["seed"] == 2

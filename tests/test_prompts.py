@@ -75,7 +75,7 @@ PROMPT_SET = Path(__file__).parent / "data" / "prompts.yaml"
 
 
 def test_prompt_set_accuracy():
-    cases = yaml.safe_load(PROMPT_SET.read_text())["prompts"]
+    cases = yaml.safe_load(PROMPT_SET.read_text(encoding="utf-8"))["prompts"]
     assert len(cases) >= 300
     resolver = PromptResolver()
     failures = [(c["prompt"], got) for c in cases for ok, got in [check_prompt_case(c, resolver)] if not ok]

@@ -77,11 +77,11 @@ def test_benchmark_script_end_to_end(trained_bundle, tmp_path, capsys):
     assert status == 0
     printed = capsys.readouterr().out
     assert "goal (phantom, canonicalized, 45° about z" in printed and "ratio" in printed
-    result = json.loads((out / "rotation_benchmark.json").read_text())
+    result = json.loads((out / "rotation_benchmark.json").read_text(encoding="utf-8"))
     cells = {(s["mode"], s["rotation"]) for s in result["summary"] if s["data"] == "phantom"}
     assert cells == {(m, r) for m in ("affine only", "canonicalized") for r in ("none", "z 45°")}
     assert all(0.0 <= r["dice"] <= 1.0 or math.isnan(r["dice"]) for r in result["rows"])
-    assert "| phantom | canonicalized |" in (out / "rotation_benchmark.md").read_text()
+    assert "| phantom | canonicalized |" in (out / "rotation_benchmark.md").read_text(encoding="utf-8")
     assert (out / "rotation_benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

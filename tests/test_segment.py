@@ -38,7 +38,7 @@ def test_golden_real_ct_keeps_grid_and_handles_orientation(shared_ct_dir, traine
     assert out.shape == src.shape and np.allclose(out.affine, src.affine, atol=1e-4)
     assert set(ras.masks) == {"liver", "kidney_left", "kidney_right"}
     assert ras.overlay.stat().st_size > 10_000
-    report = json.loads(ras.report.read_text())
+    report = json.loads(ras.report.read_text(encoding="utf-8"))
     assert report["targets"] == ras.targets
 
     lps_path = _lps_copy(source, tmp_path / "example_ct_lps.nii.gz")

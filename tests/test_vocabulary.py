@@ -18,7 +18,7 @@ def vocab():
 def test_totalsegmentator_ids_and_names(vocab):
     if not TOTALSEG_CLASSES.exists():
         pytest.skip(f"{TOTALSEG_CLASSES} is not available (../shared is absent in a user's clone)")
-    classes = {int(k): v for k, v in json.loads(TOTALSEG_CLASSES.read_text()).items()}
+    classes = {int(k): v for k, v in json.loads(TOTALSEG_CLASSES.read_text(encoding="utf-8")).items()}
     assert len(classes) == 117
     assert {i: vocab.by_id(i).name for i in classes} == classes
 

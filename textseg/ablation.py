@@ -105,7 +105,7 @@ def run_fusion_ablation(
             bundle_dir, ["train.json", "evaluate.json", *overlays], workflow_type="infer", ckpt_dir=str(run_dir),
             output_dir=str(run_dir / "evaluation"), **common,
         )
-        per_structure = json.loads((run_dir / "evaluation" / "per_structure.json").read_text())
+        per_structure = json.loads((run_dir / "evaluation" / "per_structure.json").read_text(encoding="utf-8"))
         structures = {name: {m: values[m]["mean"] for m in METRICS} for name, values in per_structure.items()}
         results["fusions"][fusion] = {
             "structures": structures,

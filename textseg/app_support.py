@@ -153,14 +153,14 @@ class TrainProgressWriter:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(record))
+        tmp.write_text(json.dumps(record), encoding="utf-8")
         os.replace(tmp, self.path)
 
 
 def read_progress(path: str | os.PathLike) -> dict:
     """The last record :class:`TrainProgressWriter` wrote, or ``{}``."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -181,7 +181,7 @@ def _wait_http(url: str, timeout: float, process=None, log=None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process is not None and process.poll() is not None:
-            tail = Path(log).read_text()[-4000:] if log else ""
+            tail = Path(log).read_text(encoding="utf-8")[-4000:] if log else ""
             raise RuntimeError(f"server exited with code {process.returncode} before answering {url}:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
@@ -189,7 +189,7 @@ def _wait_http(url: str, timeout: float, process=None, log=None) -> None:
                     return
         except OSError:
             time.sleep(0.5)
-    tail = Path(log).read_text()[-4000:] if log else ""
+    tail = Path(log).read_text(encoding="utf-8")[-4000:] if log else ""
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s:\n{tail}")
 
 
@@ -230,7 +230,7 @@ class MonaiLabelServer:
         env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"  # monailabel runs plain `python`
         env.setdefault("HF_HUB_OFFLINE", "1")
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "w") as out:
+        with open(self.log, "w", encoding="utf-8") as out:
             self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             _wait_http(f"{self.url}/info/", self.startup_timeout, self.process, self.log)
@@ -292,9 +292,9 @@ class OrthancServer:
             "IndexDirectory": str(self.work_dir / "index"), "Plugins": [self.plugin],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False},
         }
-        (self.work_dir / "orthanc.json").write_text(json.dumps(config, indent=2))
+        (self.work_dir / "orthanc.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         self.log = self.work_dir / "orthanc.log"
-        with open(self.log, "w") as out:
+        with open(self.log, "w", encoding="utf-8") as out:
             self.process = subprocess.Popen([self.binary, str(self.work_dir / "orthanc.json")], stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         try:

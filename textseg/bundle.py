@@ -85,7 +85,7 @@ def read_config_value(bundle_dir: str | os.PathLike, config: str | Sequence[str]
     names = [config] if isinstance(config, str) else list(config)
     found, value = False, None
     for path in bundle_config_files(bundle_dir, names):
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             content = json.load(f)
         if key in content:
             found, value = True, content[key]
@@ -149,14 +149,14 @@ def sync_bundle(bundle_dir: str | os.PathLike, write: bool = False, vocabulary: 
     class_names = read_config_value(bundle_dir, SHIPPED_CONFIGS, "class_names")
     stale = []
     meta_path = bundle_dir / "configs" / "metadata.json"
-    metadata = json.loads(meta_path.read_text())
+    metadata = json.loads(meta_path.read_text(encoding="utf-8"))
     expected_meta = json.dumps(generated_metadata(metadata, class_names, vocabulary), indent=4) + "\n"
-    if meta_path.read_text() != expected_meta:
+    if meta_path.read_text(encoding="utf-8") != expected_meta:
         stale.append(meta_path)
         if write:
-            meta_path.write_text(expected_meta)
+            meta_path.write_text(expected_meta, encoding="utf-8")
     card_path = bundle_dir / "docs" / "README.md"
-    card = card_path.read_text()
+    card = card_path.read_text(encoding="utf-8")
     if LABELS_START not in card or LABELS_END not in card:
         raise ValueError(f"{card_path} lacks the generated label table markers {LABELS_START!r} ... {LABELS_END!r}")
     head, rest = card.split(LABELS_START, 1)
@@ -165,5 +165,5 @@ def sync_bundle(bundle_dir: str | os.PathLike, write: bool = False, vocabulary: 
     if card != expected_card:
         stale.append(card_path)
         if write:
-            card_path.write_text(expected_card)
+            card_path.write_text(expected_card, encoding="utf-8")
     return stale

@@ -166,7 +166,7 @@ def _parse_spec(name: str, entry: object, vocabulary: Vocabulary, path: Path) ->
 def _load_specs(path: str, mtime_ns: int, vocabulary: Vocabulary) -> dict[str, DatasetSpec]:
     file = Path(path)
     try:
-        content = yaml.safe_load(file.read_text())
+        content = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         raise DatasetError(f"{file}: cannot read the datasets file ({e})") from e
     if not isinstance(content, dict) or not isinstance(content.get("datasets"), dict):
@@ -261,7 +261,7 @@ def _msd_cases(spec: DatasetSpec, root: Path, section: str) -> list[dict]:
             raise DatasetError(f"dataset {spec.name!r}: the {section!r} section needs {manifest}, which is missing")
         return _paired_cases(spec, root)
     try:
-        content = json.loads(manifest.read_text())
+        content = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DatasetError(f"dataset {spec.name!r}: cannot read {manifest} ({e})") from e
     sections = [k for k, v in content.items() if isinstance(v, list)] if isinstance(content, dict) else []

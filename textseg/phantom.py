@@ -265,7 +265,7 @@ def make_phantom_dataset(
     manifest = out_dir / "dataset.json"
     if manifest.exists():
         try:
-            existing = json.loads(manifest.read_text())
+            existing = json.loads(manifest.read_text(encoding="utf-8"))
             files = [out_dir / e[k] for e in existing["training"] + existing["test"] for k in ("image", "label")]
             if existing.get("generator", {}).get("params") == params and all(f.exists() for f in files):
                 return manifest
@@ -308,7 +308,7 @@ def make_phantom_dataset(
         "generator": {"textseg_version": __version__, "params": params},
     }
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(dataset, f, indent=2)
     os.replace(tmp, manifest)
     return manifest

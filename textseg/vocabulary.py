@@ -243,7 +243,7 @@ class Vocabulary:
         """
         path = Path(path)
         try:
-            content = yaml.safe_load(path.read_text())
+            content = yaml.safe_load(path.read_text(encoding="utf-8"))
             if not isinstance(content, dict) or "structures" not in content:
                 raise ValueError("no 'structures' list")
             unknown_keys = set(content) - _FILE_KEYS

@@ -26,7 +26,7 @@ def tiny_config(out, **kw) -> SimulationConfig:
 
 
 def _state(out, strategy="clasp_pe", seed=0):
-    return json.loads((out / f"seed_{seed}" / strategy / "state.json").read_text())
+    return json.loads((out / f"seed_{seed}" / strategy / "state.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.slow
@@ -75,7 +75,7 @@ def test_interrupted_simulation_resumes_with_its_labels(tmp_path, monkeypatch):
     assert set(summary["strategies"]) == {"random", "clasp_pe"}
     assert "clasp_pe_minus_random" in summary["aubc_margins"]
     assert (out / "learning_curves.png").stat().st_size > 1000
-    assert json.loads((out / "results.json").read_text())["summary"]["strategies"]["clasp_pe"]["aubc"]["n"] == 1
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["summary"]["strategies"]["clasp_pe"]["aubc"]["n"] == 1
     # a third call finds everything done: no training at all; the report alone gives the same summary
     calls.clear()
     run_simulation(config, progress=False, log=None)

@@ -89,7 +89,7 @@ def test_background_scoring_stores_one_record_per_unlabelled_image(al_server, al
     _wait_background_scoring(al_server.url)
     ids = sorted(p.name[: -len(".nii.gz")] for p in al_studies.glob("case_*.nii.gz"))
     for image_id in ids:
-        record = json.loads((al_studies / RECORDS / f"{image_id}.json").read_text())
+        record = json.loads((al_studies / RECORDS / f"{image_id}.json").read_text(encoding="utf-8"))
         assert record["image_shape"] == list(PHANTOM_SHAPE)
         assert {"entropy", "mutual_information", "class:liver", "class:kidney_left"} <= set(record["grids"])
         assert record["patch_size"] == [PATCH] * 3

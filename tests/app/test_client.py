@@ -228,5 +228,5 @@ def test_training_can_be_stopped_and_the_server_keeps_serving(client, app_checkp
     assert status["status"] == "DONE", status
     stats = client.info()["train_stats"]["text_prompt"]
     assert stats["epoch"] == done + 1 and stats["state"] == "FINISHED", stats
-    assert f"resuming training from {state_file}: epoch {done} of {done + 1} done" in app_server.log.read_text()
+    assert f"resuming training from {state_file}: epoch {done} of {done + 1} done" in app_server.log.read_text(encoding="utf-8")
     assert not state_file.exists(), "a completed run removes its training state"

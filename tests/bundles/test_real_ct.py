@@ -87,10 +87,10 @@ def test_shipped_checkpoint_is_listed_with_its_hash():
     if not SHIPPED.is_file():
         pytest.fail(f"{SHIPPED} is missing: it is committed with the repository")
     digest = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
-    listed = yaml.safe_load((BUNDLE_DIR / "large_files.yml").read_text())["large_files"]
+    listed = yaml.safe_load((BUNDLE_DIR / "large_files.yml").read_text(encoding="utf-8"))["large_files"]
     (entry,) = [e for e in listed if e["path"] == "models/model.pt"]
     assert entry["hash_type"] == "sha256" and entry["hash_val"] == digest
-    assert digest in (BUNDLE_DIR / "docs" / "README.md").read_text(), "the model card names the checkpoint's sha256"
+    assert digest in (BUNDLE_DIR / "docs" / "README.md").read_text(encoding="utf-8"), "the model card names the checkpoint's sha256"
     assert SHIPPED.stat().st_size <= 25 * 1024 * 1024
 
 
@@ -115,7 +115,7 @@ def test_demo_segments_the_real_example_ct(tmp_path):
     assert report["total_seconds"] < 180
     source, label_map = nib.load(str(EXAMPLE_CT)), nib.load(case["label_map"])
     assert label_map.shape == source.shape and np.allclose(label_map.affine, source.affine, atol=1e-4)
-    labels = json.loads((tmp_path / "example_ct_labels.json").read_text())
+    labels = json.loads((tmp_path / "example_ct_labels.json").read_text(encoding="utf-8"))
     assert sorted(row["name"] for row in labels["labels"]) == sorted(case["targets"])
     assert set(labels["volume_ml"]) == set(case["targets"])
     assert (tmp_path / "example_ct_overlay.png").stat().st_size > 20_000

@@ -47,7 +47,7 @@ def test_metadata_is_valid():
 
 def test_metadata_and_model_card_agree_with_vocabulary():
     assert sync_bundle(BUNDLE_DIR, write=False) == [], "run scripts/sync_vocabulary.py"
-    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    metadata = json.loads((CONFIGS / "metadata.json").read_text(encoding="utf-8"))
     assert read_config_value(BUNDLE_DIR, "inference.json", "class_names") == read_config_value(BUNDLE_DIR, "train.json", "class_names")
     class_names = read_config_value(BUNDLE_DIR, SHIPPED_CONFIGS, "class_names")  # the metadata describes the shipped model
     assert metadata == generated_metadata(metadata, class_names)
@@ -166,7 +166,7 @@ def test_evaluate_writes_metrics_per_structure(trained_bundle, tiny_phantom):
         "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(trained_bundle), "--output_dir", str(trained_bundle / "evaluation"),
         "--num_workers", "0",
     )
-    report = json.loads((trained_bundle / "evaluation" / "per_structure.json").read_text())
+    report = json.loads((trained_bundle / "evaluation" / "per_structure.json").read_text(encoding="utf-8"))
     class_names = read_config_value(BUNDLE_DIR, "inference.json", "class_names")
     assert list(report) == class_names
     for metrics in report.values():
@@ -175,7 +175,7 @@ def test_evaluate_writes_metrics_per_structure(trained_bundle, tiny_phantom):
             assert metrics[name]["cases"] == 0 or 0.0 <= metrics[name]["mean"] <= 1.0
         assert metrics["val_hd95"]["cases"] == 0 or metrics["val_hd95"]["mean"] >= 0.0
     assert sum(m["val_mean_dice"]["cases"] for m in report.values()) > 0, "no structure was evaluated"
-    csv_header = (trained_bundle / "evaluation" / "per_structure.csv").read_text().splitlines()[0]
+    csv_header = (trained_bundle / "evaluation" / "per_structure.csv").read_text(encoding="utf-8").splitlines()[0]
     assert csv_header.startswith("structure,val_mean_dice,val_mean_dice_cases,val_hd95")
 
 
@@ -239,7 +239,7 @@ def test_training_mixes_datasets_with_different_label_sets(tiny_phantom, tmp_pat
     _relabelled_phantom(tiny_phantom, kidneys, {phantom_ids["kidney_left"]: 1, phantom_ids["kidney_right"]: 2})
     datasets_file = tmp_path / "datasets.yaml"
     datasets_file.write_text(
-        (REPO_ROOT / "datasets.yaml").read_text().rstrip()
+        (REPO_ROOT / "datasets.yaml").read_text(encoding="utf-8").rstrip()
         + "\n  kidney_only:\n    description: phantom kidneys, relabelled\n    modality: CT\n    source: test\n    licence: test\n"
         "    layout: paired_folders\n    labels_map: {1: kidney_left, 2: kidney_right}\n"
     )

@@ -605,7 +605,7 @@ class _Experiment:
         self.key = config.experiment_key()
         manifest = self.out / "experiment.json"
         if manifest.exists():
-            saved = json.loads(manifest.read_text())
+            saved = json.loads(manifest.read_text(encoding="utf-8"))
             if saved.get("experiment_key") != self.key:
                 raise ValueError(
                     f"{self.out} holds an experiment with other settings ({manifest}); resume it with the same "
@@ -620,7 +620,7 @@ class _Experiment:
     def start(self, seed: int) -> tuple[list[Patch], dict, dict]:
         folder = self.out / f"seed_{seed}"
         state_path, model_path = folder / "start.json", folder / "start_model.pt"
-        state = json.loads(state_path.read_text()) if state_path.exists() else None
+        state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else None
         if state is None:
             patches = _start_patches(self.pool, self.config, np.random.default_rng([seed, 0]))
             state = {"patches": [p.to_dict() for p in patches], "phase": "queried"}
@@ -649,7 +649,7 @@ class _Experiment:
         cfg = self.config
         folder = self.out / f"seed_{seed}" / spec.name
         state_path, model_path = folder / "state.json", folder / "model.pt"
-        state = json.loads(state_path.read_text()) if state_path.exists() else {"strategy": spec.name, "seed": seed, "rounds": []}
+        state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {"strategy": spec.name, "seed": seed, "rounds": []}
         net = self.network()
         model_round = 0
         if model_path.exists():
@@ -787,7 +787,7 @@ def report_finished(config: SimulationConfig, log: Callable[[str], None] | None 
     manifest = out / "experiment.json"
     if not manifest.exists():
         raise ValueError(f"{out} holds no experiment (no experiment.json).")
-    saved = json.loads(manifest.read_text())
+    saved = json.loads(manifest.read_text(encoding="utf-8"))
     if saved.get("experiment_key") != config.experiment_key():
         raise ValueError(f"{out} holds an experiment with other settings ({manifest}).")
     runs: dict[str, dict[int, dict]] = {}
@@ -797,7 +797,7 @@ def report_finished(config: SimulationConfig, log: Callable[[str], None] | None 
             start_path, state_path = out / f"seed_{seed}" / "start.json", out / f"seed_{seed}" / name / "state.json"
             if not (start_path.exists() and state_path.exists()):
                 continue
-            start, state = json.loads(start_path.read_text()), json.loads(state_path.read_text())
+            start, state = json.loads(start_path.read_text(encoding="utf-8")), json.loads(state_path.read_text(encoding="utf-8"))
             rounds = state["rounds"][: config.rounds]
             if start.get("phase") != "done" or len(rounds) < config.rounds or any(r["phase"] != "done" for r in rounds):
                 continue

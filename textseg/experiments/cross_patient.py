@@ -58,7 +58,7 @@ def evaluate_real_model(checkpoint: str | os.PathLike, cases: Sequence[Mapping],
     output_dir = Path(output_dir)
     run_bundle(bundle_dir, EVAL_CONFIGS, workflow_type=None, ckpt_dir=str(checkpoint.parent), ckpt_name=checkpoint.name,
                output_dir=str(output_dir), num_workers=0, **{"validate#dataset#data": [dict(c) for c in cases]})
-    report = json.loads((output_dir / "per_structure.json").read_text())
+    report = json.loads((output_dir / "per_structure.json").read_text(encoding="utf-8"))
     return {name: {"dice": m["val_mean_dice"]["mean"], "nsd": m["val_nsd"]["mean"], "cases": m["val_mean_dice"]["cases"]}
             for name, m in report.items() if m["val_mean_dice"]["cases"] > 0}
 

@@ -202,7 +202,7 @@ def create_encoder(name: str = "minilm") -> TextEncoder:
         return ENCODER_KINDS[kind](path)
     if Path(name).is_dir():
         config = Path(name) / "config.json"
-        is_clip = config.is_file() and '"clip' in config.read_text().lower()
+        is_clip = config.is_file() and '"clip' in config.read_text(encoding="utf-8").lower()
         return CLIPTextEncoder(name) if is_clip else MeanPoolingEncoder(name)
     raise ValueError(
         f"unknown text encoder {name!r}: use {sorted(ENCODERS)}, 'clip:<dir>', 'bert:<dir>' or a local model directory."

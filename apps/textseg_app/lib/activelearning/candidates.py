@@ -35,7 +35,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 def _write_json_atomic(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(payload, f)
     os.replace(tmp, path)
 
@@ -61,7 +61,7 @@ class CandidateStore:
     def load(self, image_id: str) -> dict | None:
         """The stored record of an image, or None (missing or unreadable)."""
         try:
-            return json.loads(self._path(image_id).read_text())
+            return json.loads(self._path(image_id).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
 
@@ -71,7 +71,7 @@ class CandidateStore:
     def history(self, strategy: str) -> list[dict]:
         """Earlier selections of ``strategy``, oldest first."""
         try:
-            return list(json.loads((self.root / "history.json").read_text()).get(strategy, []))
+            return list(json.loads((self.root / "history.json").read_text(encoding="utf-8")).get(strategy, []))
         except (OSError, ValueError):
             return []
 
@@ -79,7 +79,7 @@ class CandidateStore:
         with self._lock:
             path = self.root / "history.json"
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 data = {}
             data.setdefault(strategy, []).append(entry)
