@@ -46,7 +46,10 @@ CROSS_ARGS ?=
 cross-patient: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/cross_patient.py $(CROSS_ARGS)
 
+# Lint (ruff, settings in pyproject.toml) then every test.
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 # Active-learning simulation (README: "Active learning"); resumable, SIM_ARGS e.g. "--quick" or "--strategies random clasp_pe".

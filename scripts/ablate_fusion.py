@@ -14,9 +14,9 @@ bundle's model card (docs/README.md).
 import argparse
 import sys
 
-CHEAP_NETWORK = {"network_def#depths": [1, 1, 1, 1], "network_def#conditioned_stages": [2, 3]}
-
 from textseg.ablation import FUSION_OVERLAYS, run_fusion_ablation
+
+CHEAP_NETWORK = {"network_def#depths": [1, 1, 1, 1], "network_def#conditioned_stages": [2, 3]}
 
 
 def main() -> int:
@@ -32,8 +32,15 @@ def main() -> int:
     parser.add_argument("--cheap", action="store_true", help="shallower network: more steps for the same CPU time")
     args = parser.parse_args()
     run_fusion_ablation(
-        args.output, args.fusions, args.data_dir, args.num_train, args.num_test, args.epochs, args.seed,
-        size_overlays=args.overlays, overrides=CHEAP_NETWORK if args.cheap else None,
+        args.output,
+        args.fusions,
+        args.data_dir,
+        args.num_train,
+        args.num_test,
+        args.epochs,
+        args.seed,
+        size_overlays=args.overlays,
+        overrides=CHEAP_NETWORK if args.cheap else None,
     )
     return 0
 

@@ -23,12 +23,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from textseg.active_learning import score_image  # noqa: E402
 from textseg.active_learning.simulation import build_network, make_phantom_pool  # noqa: E402
-from textseg.metrics import write_atomic  # noqa: E402
+from textseg.files import write_atomic  # noqa: E402
 from textseg.phantom import PHANTOM_LABELS  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[1] / "bundles" / "text_prompted_ct_segmentation" / "configs" / "tiny.json"
@@ -68,8 +67,7 @@ def main(argv=None) -> int:
 
     def scoring(strategy):
         samples = args.mc_samples if strategy in ("bald", "power_bald") else None
-        return score_image(net, image, emb, strategy=strategy, patch_size=tuple(args.patch_size), mc_samples=samples,
-                           rng=0, num_rounds=5)
+        return score_image(net, image, emb, strategy=strategy, patch_size=tuple(args.patch_size), mc_samples=samples, rng=0, num_rounds=5)
 
     inference()  # warm-up
     for s in args.strategies:
@@ -84,9 +82,16 @@ def main(argv=None) -> int:
             scoring(s)
             times[s].append(time.perf_counter() - t)
     median = {k: statistics.median(v) for k, v in times.items()}
-    report = {"network": kwargs, "image": [64, 64, 64], "prompts": len(names), "repeats": args.repeats,
-              "threads": torch.get_num_threads(), "median_seconds": median,
-              "ratio_to_inference": {s: median[s] / median["inference"] for s in args.strategies}, "goal": GOAL}
+    report = {
+        "network": kwargs,
+        "image": [64, 64, 64],
+        "prompts": len(names),
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "median_seconds": median,
+        "ratio_to_inference": {s: median[s] / median["inference"] for s in args.strategies},
+        "goal": GOAL,
+    }
     print(f"tiny model {kwargs}, 64^3 phantom, {len(names)} prompts, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"  one inference: {median['inference'] * 1000:8.1f} ms")
     ok = True

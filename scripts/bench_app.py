@@ -42,8 +42,17 @@ def ensure_checkpoint(path: Path | None) -> Path:
 
     print("no checkpoint: training a 1-epoch tiny model (timings do not depend on the weights)", flush=True)
     make_phantom_dataset(WORK / "phantom", num_train=3, num_test=1, seed=7, progress=False)
-    train_bundle(BUNDLE, WORK / "phantom", epochs=1, val_interval=1, ckpt_dir=str(WORK / "models"), num_val=1,
-                 crops_per_image=1, num_workers=0, output_dir=str(WORK / "models" / "eval"))
+    train_bundle(
+        BUNDLE,
+        WORK / "phantom",
+        epochs=1,
+        val_interval=1,
+        ckpt_dir=str(WORK / "models"),
+        num_val=1,
+        crops_per_image=1,
+        num_workers=0,
+        output_dir=str(WORK / "models" / "eval"),
+    )
     return WORK / "models" / "model_tiny.pt"
 
 
@@ -106,8 +115,13 @@ def main(argv=None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     direct = DirectBundle(checkpoint, Path(tempfile.mkdtemp(prefix="direct-", dir=WORK)))
     conf = {"models": "text_prompt", "bundle_overlay": "tiny", "checkpoint": str(checkpoint)}
-    with MonaiLabelServer(APP, image.parent, conf, log=WORK / "server.log", env={
-            "MONAI_LABEL_DATASTORE_CACHE_PATH": str(WORK / "cache"), "MONAI_LABEL_SESSION_PATH": str(WORK / "sessions")}) as server:
+    with MonaiLabelServer(
+        APP,
+        image.parent,
+        conf,
+        log=WORK / "server.log",
+        env={"MONAI_LABEL_DATASTORE_CACHE_PATH": str(WORK / "cache"), "MONAI_LABEL_SESSION_PATH": str(WORK / "sessions")},
+    ) as server:
         client = MONAILabelClient(server.url, tmpdir=tempfile.mkdtemp(prefix="client-", dir=WORK))
         image_id = image.name.replace(".nii.gz", "")
         direct(image)  # warm-up both sides (first network load, thread pools)
@@ -127,8 +141,12 @@ def main(argv=None) -> int:
         print(f"/infer round trip (64^3):       median {statistics.median(t_app):.3f} s  {['%.2f' % t for t in t_app]}")
         print(f"ratio /infer / direct = {ratio:.3f}  (goal <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'})", flush=True)
 
-        prompts = [("liver", {"liver": 5}), ("left kidney", {"kidney_left": 3}), ("spleen and aorta", {"spleen": 1, "aorta": 52}),
-                   ("segment the liver and kidneys", {"liver": 5, "kidney_right": 2, "kidney_left": 3})]
+        prompts = [
+            ("liver", {"liver": 5}),
+            ("left kidney", {"kidney_left": 3}),
+            ("spleen and aorta", {"spleen": 1, "aorta": 52}),
+            ("segment the liver and kidneys", {"liver": 5, "kidney_right": 2, "kidney_left": 3}),
+        ]
         results: list = [None] * args.concurrent
         barrier = threading.Barrier(args.concurrent)
 
@@ -157,9 +175,19 @@ def main(argv=None) -> int:
             if r != "ok":
                 print("  ", r)
         alive = bool(client.info()["models"])
-    report = {"volume_shape": list(shape), "direct_s": t_direct, "app_s": t_app, "ratio": ratio, "ratio_goal": 1.2,
-              "concurrent": args.concurrent, "concurrent_correct": correct, "concurrent_wall_s": wall, "server_alive_after": alive,
-              "checkpoint": str(checkpoint), "cpu_count": os.cpu_count()}
+    report = {
+        "volume_shape": list(shape),
+        "direct_s": t_direct,
+        "app_s": t_app,
+        "ratio": ratio,
+        "ratio_goal": 1.2,
+        "concurrent": args.concurrent,
+        "concurrent_correct": correct,
+        "concurrent_wall_s": wall,
+        "server_alive_after": alive,
+        "checkpoint": str(checkpoint),
+        "cpu_count": os.cpu_count(),
+    }
     (WORK / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"report: {WORK / 'report.json'}")
     return 0 if correct == args.concurrent else 1

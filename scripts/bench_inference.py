@@ -64,8 +64,13 @@ def _child(image: str, prompt: str, probabilities: bool) -> dict:
     start = time.perf_counter()
     out = post(data)["pred"]
     times["postprocess_s"] = time.perf_counter() - start
-    return {**times, "network_grid": list(data["image"].shape[1:]), "output_shape": list(out.shape[1:]),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "torch_threads": torch.get_num_threads()}
+    return {
+        **times,
+        "network_grid": list(data["image"].shape[1:]),
+        "output_shape": list(out.shape[1:]),
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _resampled(source: Path, size: int, slices: int, folder: Path) -> Path:
@@ -109,11 +114,17 @@ def main() -> int:
                 if result.returncode != 0:
                     print(result.stderr[-3000:], file=sys.stderr)
                     return 1
-                row = {"image": image.name, "postprocessing": "probabilities" if probabilities else "label map",
-                       **json.loads(result.stdout.strip().splitlines()[-1])}
+                row = {
+                    "image": image.name,
+                    "postprocessing": "probabilities" if probabilities else "label map",
+                    **json.loads(result.stdout.strip().splitlines()[-1]),
+                }
                 rows.append(row)
-                print(f"{row['image']:<28} {row['postprocessing']:<13} preprocess {row['load_and_preprocess_s']:6.1f} s  "
-                      f"network {row['network_s']:6.1f} s  post {row['postprocess_s']:6.1f} s  peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
+                print(
+                    f"{row['image']:<28} {row['postprocessing']:<13} preprocess {row['load_and_preprocess_s']:6.1f} s  "
+                    f"network {row['network_s']:6.1f} s  post {row['postprocess_s']:6.1f} s  peak RSS {row['peak_rss_gib']:.2f} GiB",
+                    flush=True,
+                )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(rows, indent=2), encoding="utf-8")
     print(f"wrote {args.output}")

@@ -52,10 +52,28 @@ def main() -> int:
         torch.save(network.state_dict(), checkpoint)
         del network
         command = [
-            sys.executable, "-m", "monai.bundle", "run", "--config_file", "[" + ",".join(repr(c) for c in configs) + "]",
-            "--meta_file", str(args.bundle / "configs" / "metadata.json"), "--bundle_root", str(args.bundle),
-            "--ckpt_path", str(checkpoint), "--input_image", str(args.image.resolve()), "--fusion", args.fusion,
-            "--prompt", " and ".join(class_names), "--output_dir", str(Path(work) / "out"), "--device", "$torch.device('cpu')",
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "[" + ",".join(repr(c) for c in configs) + "]",
+            "--meta_file",
+            str(args.bundle / "configs" / "metadata.json"),
+            "--bundle_root",
+            str(args.bundle),
+            "--ckpt_path",
+            str(checkpoint),
+            "--input_image",
+            str(args.image.resolve()),
+            "--fusion",
+            args.fusion,
+            "--prompt",
+            " and ".join(class_names),
+            "--output_dir",
+            str(Path(work) / "out"),
+            "--device",
+            "$torch.device('cpu')",
         ]
         if args.sw_batch_size:
             command += ["--sw_batch_size", str(args.sw_batch_size)]
@@ -67,8 +85,10 @@ def main() -> int:
         return 2
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # kB on Linux
     roi, sw_batch = config["roi_size"], args.sw_batch_size or config["sw_batch_size"]
-    print(f"{args.image.name}: sliding-window inference on the CPU, {len(class_names)} prompts, windows {roi} x {sw_batch}, "
-          f"fusion {args.fusion}, overlays {args.overlays or 'none'}: {seconds:.0f} s")
+    print(
+        f"{args.image.name}: sliding-window inference on the CPU, {len(class_names)} prompts, windows {roi} x {sw_batch}, "
+        f"fusion {args.fusion}, overlays {args.overlays or 'none'}: {seconds:.0f} s"
+    )
     print(f"peak resident memory {peak_gib:.2f} GiB  (goal <= {GOAL_GIB:.0f} GiB)  ratio {peak_gib / GOAL_GIB:.2f}")
     return 0 if peak_gib <= GOAL_GIB else 1
 

@@ -26,15 +26,20 @@ GOAL_DROP_PERCENT = 2.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from textseg.rotation_benchmark import BENCHMARK_ROTATIONS, run_rotation_benchmark, write_report, markdown_table
+    from textseg.rotation_benchmark import BENCHMARK_ROTATIONS, markdown_table, run_rotation_benchmark, write_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "text_prompted_ct_segmentation")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: <bundle>/models/model_tiny.pt")
     parser.add_argument("--no-train", action="store_true", help="fail instead of training when the checkpoint is missing")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1001, 1002], help="held-out phantom seeds")
-    parser.add_argument("--rotations", nargs="+", default=list(BENCHMARK_ROTATIONS), choices=list(BENCHMARK_ROTATIONS),
-                        help="the first is the unrotated reference")
+    parser.add_argument(
+        "--rotations",
+        nargs="+",
+        default=list(BENCHMARK_ROTATIONS),
+        choices=list(BENCHMARK_ROTATIONS),
+        help="the first is the unrotated reference",
+    )
     parser.add_argument("--spacing", type=float, default=4.0, help="phantom voxel size in mm")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom grid (default: the whole phantom field of view)")
     parser.add_argument("--real-ct", type=Path, default=DEFAULT_CT if DEFAULT_CT.exists() else None)
@@ -57,22 +62,37 @@ def main(argv: list[str] | None = None) -> int:
         train_bundle(args.bundle, REPO / "data" / "phantom", ckpt_dir=str(checkpoint.parent.resolve()))
     rotations = {name: BENCHMARK_ROTATIONS[name] for name in args.rotations}
     real_ct = None if args.no_real_ct else args.real_ct
-    result = run_rotation_benchmark(checkpoint, args.work_dir, seeds=args.seeds, rotations=rotations,
-                                    spacing=(args.spacing,) * 3, shape=args.shape, real_ct=real_ct, bundle_dir=args.bundle)
+    result = run_rotation_benchmark(
+        checkpoint,
+        args.work_dir,
+        seeds=args.seeds,
+        rotations=rotations,
+        spacing=(args.spacing,) * 3,
+        shape=args.shape,
+        real_ct=real_ct,
+        bundle_dir=args.bundle,
+    )
     paths = write_report(result, args.out)
     print(markdown_table(result["summary"]))
     print("\nDice ratio to the unrotated Dice (same mode):")
     for s in result["summary"]:
-        print(f"  {s['data']:8s} {s['mode']:14s} {s['rotation']:8s} Dice {s['dice']:.3f}  ratio {s['ratio']:.3f}  drop {s['drop_percent']:+.1f} %")
+        print(
+            f"  {s['data']:8s} {s['mode']:14s} {s['rotation']:8s} Dice {s['dice']:.3f}  ratio {s['ratio']:.3f}"
+            f"  drop {s['drop_percent']:+.1f} %"
+        )
     goal = [s for s in result["summary"] if s["data"] == "phantom" and s["mode"] == "canonicalized" and s["rotation"] == "z 45°"]
     met = True
     if goal:
         met = goal[0]["drop_percent"] <= GOAL_DROP_PERCENT
-        print(f"\ngoal (phantom, canonicalized, 45° about z: drop <= {GOAL_DROP_PERCENT:g} %): "
-              f"{goal[0]['drop_percent']:.1f} % -> {'met' if met else 'MISSED'}")
+        print(
+            f"\ngoal (phantom, canonicalized, 45° about z: drop <= {GOAL_DROP_PERCENT:g} %): "
+            f"{goal[0]['drop_percent']:.1f} % -> {'met' if met else 'MISSED'}"
+        )
     t = result["inference_seconds"]
-    print(f"inference of {result['images']} images: {t['affine only']:.0f} s affine only, {t['canonicalized']:.0f} s canonicalized "
-          f"(ratio {t['canonicalized'] / max(t['affine only'], 1e-9):.2f})")
+    print(
+        f"inference of {result['images']} images: {t['affine only']:.0f} s affine only, {t['canonicalized']:.0f} s canonicalized "
+        f"(ratio {t['canonicalized'] / max(t['affine only'], 1e-9):.2f})"
+    )
     print(f"wrote {paths['markdown']}, {paths['json']}, {paths['png']} ({result['seconds']:.0f} s)")
     return 1 if args.strict and not met else 0
 

@@ -46,8 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (2 pool images, 2 rounds, 2 steps)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--report-only", action="store_true",
-                   help="write results.json and the plot from the finished runs, train nothing")
+    p.add_argument("--report-only", action="store_true", help="write results.json and the plot from the finished runs, train nothing")
     return p.parse_args(argv)
 
 

@@ -57,12 +57,41 @@ def bundle_configs(*names: str) -> str:
 def _train_tiny(tiny_phantom: Path, ckpt_dir: Path, overlays: tuple[str, ...], checkpoint: str) -> Path:
     configs = BUNDLE_DIR / "configs"
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_configs("train.json", *overlays),
-         "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
-         "--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(ckpt_dir),
-         "--output_dir", str(ckpt_dir / "eval"), "--epochs", "1", "--val_interval", "1", "--num_val", "1",
-         "--crops_per_image", "1", "--num_workers", "0"],
-        capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            bundle_configs("train.json", *overlays),
+            "--meta_file",
+            str(configs / "metadata.json"),
+            "--logging_file",
+            str(configs / "logging.conf"),
+            "--bundle_root",
+            str(BUNDLE_DIR),
+            "--dataset_dir",
+            str(tiny_phantom),
+            "--ckpt_dir",
+            str(ckpt_dir),
+            "--output_dir",
+            str(ckpt_dir / "eval"),
+            "--epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--num_val",
+            "1",
+            "--crops_per_image",
+            "1",
+            "--num_workers",
+            "0",
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=900,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     if result.returncode != 0 or not (ckpt_dir / checkpoint).exists():
         pytest.fail(f"bundle training failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
@@ -80,8 +109,9 @@ def trained_bundle(tiny_phantom, tmp_path_factory) -> Path:
 def trained_interactive_bundle(tiny_phantom, tmp_path_factory) -> Path:
     """Train the tiny interactive bundle (``tiny.json`` + ``interactive.json``: spatial prompts, simulated clicks) for
     2 iterations through ``python -m monai.bundle run``; returns the folder holding ``model_interactive.pt``."""
-    return _train_tiny(tiny_phantom, tmp_path_factory.mktemp("interactive-models"), ("tiny.json", "interactive.json"),
-                       "model_interactive.pt")
+    return _train_tiny(
+        tiny_phantom, tmp_path_factory.mktemp("interactive-models"), ("tiny.json", "interactive.json"), "model_interactive.pt"
+    )
 
 
 def _make_clicks_dominant(state: dict) -> dict:
@@ -119,8 +149,11 @@ def _app_server(studies, work_dir: Path, background_scoring: bool = False, **con
     (tests/app/test_active_learning.py): elsewhere it would compete for the CPU with the requests under test."""
     from textseg.app_support import MonaiLabelServer
 
-    env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(work_dir / "cache"), "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work_dir / "cache"),
-           "MONAI_LABEL_SESSION_PATH": str(work_dir / "sessions")}
+    env = {
+        "MONAI_LABEL_DATASTORE_CACHE_PATH": str(work_dir / "cache"),
+        "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work_dir / "cache"),
+        "MONAI_LABEL_SESSION_PATH": str(work_dir / "sessions"),
+    }
     if not background_scoring:
         env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
     with MonaiLabelServer(APP_DIR, studies, conf={"bundle_overlay": "tiny", **conf}, log=work_dir / "server.log", env=env) as server:

@@ -2,17 +2,14 @@ import json
 import math
 
 import pytest
+from conftest import BUNDLE_DIR
 
 from textseg.ablation import ablation_markdown, run_fusion_ablation
-
-from conftest import BUNDLE_DIR
 
 
 @pytest.mark.slow
 def test_ablation_trains_and_scores_every_fusion(tmp_path):
-    results = run_fusion_ablation(
-        tmp_path / "out", data_dir=tmp_path / "data", num_train=3, num_test=1, epochs=1, bundle_dir=BUNDLE_DIR
-    )
+    results = run_fusion_ablation(tmp_path / "out", data_dir=tmp_path / "data", num_train=3, num_test=1, epochs=1, bundle_dir=BUNDLE_DIR)
     assert set(results["fusions"]) == {"film", "concat", "cross_attention"}
     parameters = {f: r["parameters"] for f, r in results["fusions"].items()}
     assert len(set(parameters.values())) == 3, f"the fusions must be different networks: {parameters}"
@@ -37,8 +34,14 @@ def test_ablation_refuses_unknown_fusion(tmp_path):
 def test_ablation_markdown_names_settings_and_missing_values():
     structures = {"liver": {"val_mean_dice": 0.9, "val_nsd": 0.8, "val_hd95": float("nan"), "val_volume_similarity": 0.95}}
     results = {
-        "settings": {"num_train": 4, "num_test": 1, "epochs": 2, "seed": 3, "overlays": ["tiny.json"],
-                     "overrides": {"network_def#depths": [1, 1, 1, 1]}},
+        "settings": {
+            "num_train": 4,
+            "num_test": 1,
+            "epochs": 2,
+            "seed": 3,
+            "overlays": ["tiny.json"],
+            "overrides": {"network_def#depths": [1, 1, 1, 1]},
+        },
         "fusions": {"film": {"structures": structures, "mean": structures["liver"], "parameters": 1234, "train_seconds": 5.0}},
     }
     table = ablation_markdown(results)

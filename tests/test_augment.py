@@ -22,8 +22,11 @@ def test_crop_slab_keeps_the_asked_band_of_the_last_axis():
 def test_split_slabs_trains_around_the_band_and_validates_on_it():
     cases = [{"image": "a", "dataset": "x"}, {"image": "b", "dataset": "y"}]
     split = split_slabs(cases, {"x": [0.7, 0.9]})
-    assert split["training"] == [{"image": "a", "dataset": "x", "slab": [0.0, 0.7]}, {"image": "a", "dataset": "x", "slab": [0.9, 1.0]},
-                                 {"image": "b", "dataset": "y"}]
+    assert split["training"] == [
+        {"image": "a", "dataset": "x", "slab": [0.0, 0.7]},
+        {"image": "a", "dataset": "x", "slab": [0.9, 1.0]},
+        {"image": "b", "dataset": "y"},
+    ]
     assert split["validation"] == [{"image": "a", "dataset": "x", "slab": [0.7, 0.9]}]
     assert "slab" not in cases[0]
     assert [c["slab"] for c in split_slabs(cases[:1], {"x": [0.0, 0.5]})["training"]] == [[0.0 + 0.5, 1.0]]

@@ -111,8 +111,7 @@ def test_masks_map_back_to_the_input_grid(tmp_path):
     spleen = np.argwhere(data["label"][0].numpy() == 1).mean(0)
     assert liver[0] - spleen[0] > 25 and abs(liver[1] - spleen[1]) < 15, (liver, spleen)
     # pretend the network predicted the liver perfectly on the canonical grid
-    data["pred"] = MetaTensor((data["label"] == 5).float(), meta=data["image"].meta,
-                              applied_operations=data["image"].applied_operations)
+    data["pred"] = MetaTensor((data["label"] == 5).float(), meta=data["image"].meta, applied_operations=data["image"].applied_operations)
     inverted = Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False)(data)["pred"]
     assert tuple(inverted.shape[1:]) == case.image.shape
     assert np.allclose(inverted.affine.numpy(), case.affine, atol=1e-4)
@@ -211,7 +210,11 @@ def test_answer_promptd_uses_the_recorded_rotation():
 def test_rotation_estimate_round_trips_as_a_dict():
     estimate = RotationEstimate(rotation=rotation_matrix((1, 2, 3)), centre=np.array([1.0, 2.0, 3.0]))
     d = estimate.to_dict()
-    assert np.allclose(d["angles_deg"], [1, 2, 3]) and d["ok"] and abs(estimate.angle_deg - np.degrees(np.arccos((np.trace(estimate.rotation) - 1) / 2))) < 1e-9
+    assert (
+        np.allclose(d["angles_deg"], [1, 2, 3])
+        and d["ok"]
+        and abs(estimate.angle_deg - np.degrees(np.arccos((np.trace(estimate.rotation) - 1) / 2))) < 1e-9
+    )
 
 
 def test_oblique_affine_is_estimated_in_world_coordinates():

@@ -6,7 +6,9 @@ import pytest
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "textseg.cli", *args], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "textseg.cli", *args], capture_output=True, encoding="utf-8", errors="replace", timeout=300
+    )
 
 
 def test_resolve_prints_targets_with_ids_and_colours():

@@ -19,8 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 def _click_dominant_network(make_clicks_dominant) -> TextSwinUNETR:
     """A real TextSwinUNETR whose text alone segments nothing and whose positive clicks add a mask around themselves."""
     torch.manual_seed(0)
-    net = TextSwinUNETR(in_channels=1, num_classes=2, text_dim=8, feature_size=12, window_size=4, head_channels=8,
-                        conditioned_stages=(1, 2, 3), spatial_prompts=True)
+    net = TextSwinUNETR(
+        in_channels=1,
+        num_classes=2,
+        text_dim=8,
+        feature_size=12,
+        window_size=4,
+        head_channels=8,
+        conditioned_stages=(1, 2, 3),
+        spatial_prompts=True,
+    )
     net.load_state_dict(make_clicks_dominant(net.state_dict()))
     return net.eval()
 
@@ -32,8 +40,15 @@ def test_corrective_clicks_fill_the_missed_structure(mode, make_clicks_dominant)
     big[10:40, 12:44, 20:50] = True
     small[48:58, 46:56, 8:18] = True
     image = torch.rand(1, *shape)
-    curves = click_curves(_click_dominant_network(make_clicks_dominant), image, {"big": big, "small": small}, torch.randn(2, 8), (64, 64, 64),
-                          num_clicks=3, mode=mode)
+    curves = click_curves(
+        _click_dominant_network(make_clicks_dominant),
+        image,
+        {"big": big, "small": small},
+        torch.randn(2, 8),
+        (64, 64, 64),
+        num_clicks=3,
+        mode=mode,
+    )
     for name in ("big", "small"):
         dice = [p["dice"] for p in curves[name]]
         assert [p["clicks"] for p in curves[name]] == [0, 1, 2, 3]
@@ -47,9 +62,19 @@ def test_corrective_clicks_fill_the_missed_structure(mode, make_clicks_dominant)
 
 
 def test_summary_monotonic_flag_and_table():
-    rows = [{"mode": "sliding_window", "case": c, "structure": s, "clicks": k, "dice": d}
-            for c, s, k, d in [("a", "liver", 0, 0.5), ("a", "spleen", 0, 0.3), ("a", "liver", 1, 0.6), ("a", "spleen", 1, 0.4),
-                               ("a", "liver", 2, 0.7), ("a", "spleen", 2, float("nan")), ("a", "liver", 3, 0.65), ("a", "spleen", 3, 0.8)]]
+    rows = [
+        {"mode": "sliding_window", "case": c, "structure": s, "clicks": k, "dice": d}
+        for c, s, k, d in [
+            ("a", "liver", 0, 0.5),
+            ("a", "spleen", 0, 0.3),
+            ("a", "liver", 1, 0.6),
+            ("a", "spleen", 1, 0.4),
+            ("a", "liver", 2, 0.7),
+            ("a", "spleen", 2, float("nan")),
+            ("a", "liver", 3, 0.65),
+            ("a", "spleen", 3, 0.8),
+        ]
+    ]
     summary = summarize_clicks(rows)
     cell = {s["clicks"]: s for s in summary}
     assert cell[1]["mean"] == pytest.approx(0.5) and cell[1]["std"] == pytest.approx(0.1)
@@ -71,9 +96,27 @@ def test_click_benchmark_script_end_to_end(trained_interactive_bundle, tmp_path,
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "out"
-    status = module.main(["--checkpoint", str(trained_interactive_bundle / "model_interactive.pt"), "--no-train", "--seeds", "1001",
-                          "--clicks", "2", "--shape", "64", "56", "72", "--spacing", "5", "--work-dir", str(tmp_path / "work"),
-                          "--out", str(out)])
+    status = module.main(
+        [
+            "--checkpoint",
+            str(trained_interactive_bundle / "model_interactive.pt"),
+            "--no-train",
+            "--seeds",
+            "1001",
+            "--clicks",
+            "2",
+            "--shape",
+            "64",
+            "56",
+            "72",
+            "--spacing",
+            "5",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "goal (sliding_window: mean Dice rises at every click 1 -> 2)" in printed and "goal (zoom:" in printed
@@ -103,8 +146,13 @@ def test_make_robustness_runs_the_rotation_table_and_the_click_curves():
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    dry = subprocess.run(["make", "-n", "robustness", "ROTATION_ARGS=--no-real-ct", "CLICKS_ARGS=--clicks 3"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    dry = subprocess.run(
+        ["make", "-n", "robustness", "ROTATION_ARGS=--no-real-ct", "CLICKS_ARGS=--clicks 3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rotation = next(line for line in dry.splitlines() if "scripts/bench_rotation.py" in line)
     clicks = next(line for line in dry.splitlines() if "scripts/bench_clicks.py" in line)
     assert rotation.endswith("--no-real-ct") and clicks.endswith("--clicks 3")

@@ -15,7 +15,17 @@ from textseg.datasets import (
 )
 from textseg.vocabulary import Structure, Vocabulary, load_vocabulary
 
-REQUIRED = ["phantom", "msd_task03_liver", "msd_task07_pancreas", "msd_task09_spleen", "btcv", "flare22", "amos22", "word", "totalsegmentator"]
+REQUIRED = [
+    "phantom",
+    "msd_task03_liver",
+    "msd_task07_pancreas",
+    "msd_task09_spleen",
+    "btcv",
+    "flare22",
+    "amos22",
+    "word",
+    "totalsegmentator",
+]
 
 
 def _nifti(path: Path, value: int = 0, array=None) -> Path:
@@ -70,12 +80,18 @@ def test_phantom_entry_matches_generator():
 @pytest.mark.parametrize(
     "body,match",
     [
-        ("    layout: msd\n    labels_map: {1: liver, 2: flux_capacitor}\n", "label 2 'flux_capacitor' is not in the vocabulary; closest vocabulary terms: "),
+        (
+            "    layout: msd\n    labels_map: {1: liver, 2: flux_capacitor}\n",
+            "label 2 'flux_capacitor' is not in the vocabulary; closest vocabulary terms: ",
+        ),
         ("    layout: msd\n    labels_map: {1: liver, 2: liver}\n", r"gives \['liver'\] to more than one label id"),
         ("    layout: msd\n    labels_map: {0: liver}\n", "label ids start at 1"),
         ("    layout: zip\n    labels_map: {1: liver}\n", "layout 'zip' is not one of"),
         ("    layout: msd\n    label_map: {1: liver}\n", r"unknown keys \['label_map'\]"),
-        ("    layout: msd\n    labels_map: {1: liver}\n    annotated: [spleen]\n", r"annotated names \['spleen'\] are not in its labels_map"),
+        (
+            "    layout: msd\n    labels_map: {1: liver}\n    annotated: [spleen]\n",
+            r"annotated names \['spleen'\] are not in its labels_map",
+        ),
         ("    layout: case_folders\n    labels_map: {1: liver}\n", "needs images and labels"),
         ("    layout: msd\n", "no labels_map"),
     ],
@@ -214,7 +230,8 @@ def test_load_datalists_mixes_datasets_round_robin(tmp_path):
     path.write_text(
         "version: 1\ndatasets:\n"
         "  organs:\n    modality: CT\n    source: t\n    licence: t\n    layout: paired_folders\n    labels_map: {1: liver, 2: spleen}\n"
-        "  kidneys:\n    modality: CT\n    source: t\n    licence: t\n    layout: paired_folders\n    labels_map: {1: kidney_left, 2: kidney_right}\n"
+        "  kidneys:\n    modality: CT\n    source: t\n    licence: t\n    layout: paired_folders\n"
+        "    labels_map: {1: kidney_left, 2: kidney_right}\n"
     )
     for name, count in (("organs", 3), ("kidneys", 1)):
         for i in range(count):

@@ -5,10 +5,9 @@ import shutil
 
 import nibabel as nib
 import pytest
+from conftest import BUNDLE_DIR
 
 from textseg.demo import checkpoint_matches, run_phantom_demo
-
-from conftest import BUNDLE_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,7 @@ def test_demo_runs_end_to_end_and_reuses_its_checkpoint(tmp_path, capsys):
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    renamed = {("film." + k[len("fusion."):] if k.startswith("fusion.") else k): v for k, v in state.items()}
+    renamed = {("film." + k[len("fusion.") :] if k.startswith("fusion.") else k): v for k, v in state.items()}
     torch.save(renamed, tmp_path / "old_layout.pt")
     assert not checkpoint_matches(tmp_path / "old_layout.pt", bundle)
     state["class_embeddings"] = state["class_embeddings"] + 0.1

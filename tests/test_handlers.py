@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import BUNDLE_DIR, bundle_configs
 
 pytestmark = pytest.mark.slow
@@ -21,11 +20,38 @@ EPOCHS = 3
 
 def _train_command(tiny_phantom, ckpt_dir):
     configs = BUNDLE_DIR / "configs"
-    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_configs("train.json", "tiny.json"),
-            "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf"),
-            "--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(ckpt_dir),
-            "--output_dir", str(ckpt_dir / "eval"), "--epochs", str(EPOCHS), "--val_interval", str(EPOCHS), "--num_val", "1",
-            "--crops_per_image", "1", "--num_workers", "0", "--train_datalist", "$@datalist[:-@num_val] * 4"]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        bundle_configs("train.json", "tiny.json"),
+        "--meta_file",
+        str(configs / "metadata.json"),
+        "--logging_file",
+        str(configs / "logging.conf"),
+        "--bundle_root",
+        str(BUNDLE_DIR),
+        "--dataset_dir",
+        str(tiny_phantom),
+        "--ckpt_dir",
+        str(ckpt_dir),
+        "--output_dir",
+        str(ckpt_dir / "eval"),
+        "--epochs",
+        str(EPOCHS),
+        "--val_interval",
+        str(EPOCHS),
+        "--num_val",
+        "1",
+        "--crops_per_image",
+        "1",
+        "--num_workers",
+        "0",
+        "--train_datalist",
+        "$@datalist[:-@num_val] * 4",
+    ]
 
 
 def test_killed_bundle_training_resumes_from_its_last_epoch(tiny_phantom, tmp_path):
@@ -39,13 +65,17 @@ def test_killed_bundle_training_resumes_from_its_last_epoch(tiny_phantom, tmp_pa
         deadline = time.time() + 600
         while not state_file.exists() and first.poll() is None and time.time() < deadline:
             time.sleep(0.2)
-        assert state_file.exists(), "no training state after the first epoch:\n" + (tmp_path / "first.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+        assert state_file.exists(), (
+            "no training state after the first epoch:\n" + (tmp_path / "first.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+        )
         time.sleep(1.0)  # into the next epoch
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
         log.close()
-    assert not (ckpt_dir / "model_tiny.pt").exists() or "Train completed" not in (tmp_path / "first.log").read_text(encoding="utf-8", errors="replace")
+    assert not (ckpt_dir / "model_tiny.pt").exists() or "Train completed" not in (tmp_path / "first.log").read_text(
+        encoding="utf-8", errors="replace"
+    )
     saved = torch.load(state_file, map_location="cpu", weights_only=False)
     assert set(saved) == {"network", "optimizer", "lr_scheduler", "trainer"}
     done = saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]
@@ -53,7 +83,9 @@ def test_killed_bundle_training_resumes_from_its_last_epoch(tiny_phantom, tmp_pa
     assert saved["optimizer"]["state"], "the optimizer's moments were saved"
     assert saved["lr_scheduler"]["last_epoch"] == done
 
-    second = subprocess.run(_train_command(tiny_phantom, ckpt_dir), capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=env)
+    second = subprocess.run(
+        _train_command(tiny_phantom, ckpt_dir), capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=env
+    )
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
     assert f"resuming training from {state_file}: epoch {done} of {EPOCHS} done" in output

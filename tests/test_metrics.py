@@ -51,8 +51,12 @@ def test_empty_channels_drop_out_of_every_metric():
     """A channel empty in prediction and reference (unannotated, masked) is NaN, not a perfect or zero score."""
     pred = torch.stack([_cube(), torch.zeros(20, 20, 20)])[None]
     ref = pred.clone()
-    for metric in (HausdorffDistance95Metric(spacing=1.0), NormalizedSurfaceDiceMetric(spacing=1.0), VolumeSimilarityMetric(),
-                   DiceMetric(include_background=True, ignore_empty=True)):
+    for metric in (
+        HausdorffDistance95Metric(spacing=1.0),
+        NormalizedSurfaceDiceMetric(spacing=1.0),
+        VolumeSimilarityMetric(),
+        DiceMetric(include_background=True, ignore_empty=True),
+    ):
         values = metric(pred, ref)
         assert not math.isnan(values[0, 0].item()) and math.isnan(values[0, 1].item()), type(metric).__name__
 

@@ -108,7 +108,10 @@ def test_without_encoder_unknown_wording_is_an_error():
 
 def test_queries_need_the_model_classes():
     assert prompt_structures("liver and the largest vessel", allowed=["liver", "aorta", "spleen", "inferior_vena_cava"]) == [
-        "liver", "aorta", "inferior_vena_cava"]
+        "liver",
+        "aorta",
+        "inferior_vena_cava",
+    ]
     with pytest.raises(PromptError, match="after segmentation"):
         resolve_prompt("the largest organ")
 

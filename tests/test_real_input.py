@@ -13,14 +13,13 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from conftest import REPO_ROOT
 from monai.data import MetaTensor
 from monai.transforms import Compose
 from scipy import ndimage
 
 from textseg.dicom import LOSSLESS_TRANSFER_SYNTAXES, compress_series, dicom_modality, write_ct_series
 from textseg.transforms import CheckCTd, ct_transforms
-
-from conftest import REPO_ROOT
 
 EXAMPLE_CT = REPO_ROOT / "examples" / "ct" / "example_ct.nii.gz"
 PIXDIM = (3.0, 3.0, 3.0)  # the example CT's own spacing: resampling a 3 mm RAS image to it changes nothing
@@ -64,7 +63,7 @@ def example_ct():
 def _slab(example_ct, slices: int, first: int = 50):
     """``slices`` axial slices of the real CT from ``first`` on, with the affine of where they are."""
     data, affine = example_ct
-    return np.ascontiguousarray(data[:, :, first:first + slices]), affine @ _translate((0, 0, first))
+    return np.ascontiguousarray(data[:, :, first : first + slices]), affine @ _translate((0, 0, first))
 
 
 def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> str:
@@ -300,8 +299,12 @@ def test_shipped_model_segments_a_thin_compressed_dicom_slab(example_ct, tmp_pat
     result = segment(series, "liver and spleen", tmp_path / "out")
     label_map = nib.load(str(result.label_map))
     assert sorted(label_map.shape) == sorted(data.shape)
-    corners = lambda a, shape: sorted(tuple(np.round((a @ np.array([i, j, k, 1.0]))[:3], 1))  # noqa: E731
-                                      for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1))
+    corners = lambda a, shape: sorted(
+        tuple(np.round((a @ np.array([i, j, k, 1.0]))[:3], 1))  # noqa: E731
+        for i in (0, shape[0] - 1)
+        for j in (0, shape[1] - 1)
+        for k in (0, shape[2] - 1)
+    )
     assert corners(label_map.affine, label_map.shape) == corners(affine, data.shape)
     vocabulary = load_vocabulary()
     assert set(np.unique(np.asarray(label_map.dataobj)).tolist()) <= {0, vocabulary["liver"].id, vocabulary["spleen"].id}

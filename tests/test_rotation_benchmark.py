@@ -49,10 +49,14 @@ def test_summary_ratios_and_table():
     rows = [
         {"source": "phantom 1", "rotation": r, "mode": m, "structure": s, "dice": d}
         for r, m, s, d in [
-            ("none", "affine only", "liver", 0.8), ("none", "affine only", "spleen", 0.6),
-            ("z 45°", "affine only", "liver", 0.4), ("z 45°", "affine only", "spleen", 0.3),
-            ("none", "canonicalized", "liver", 0.8), ("none", "canonicalized", "spleen", float("nan")),
-            ("z 45°", "canonicalized", "liver", 0.78), ("z 45°", "canonicalized", "spleen", float("nan")),
+            ("none", "affine only", "liver", 0.8),
+            ("none", "affine only", "spleen", 0.6),
+            ("z 45°", "affine only", "liver", 0.4),
+            ("z 45°", "affine only", "spleen", 0.3),
+            ("none", "canonicalized", "liver", 0.8),
+            ("none", "canonicalized", "spleen", float("nan")),
+            ("z 45°", "canonicalized", "liver", 0.78),
+            ("z 45°", "canonicalized", "spleen", float("nan")),
         ]
     ]
     summary = summarize(rows, ["none", "z 45°"])
@@ -71,9 +75,29 @@ def test_benchmark_script_end_to_end(trained_bundle, tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "out"
-    status = module.main(["--checkpoint", str(trained_bundle / "model_tiny.pt"), "--no-train", "--seeds", "1001",
-                          "--rotations", "none", "z 45°", "--shape", "64", "56", "40", "--spacing", "5",
-                          "--no-real-ct", "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    status = module.main(
+        [
+            "--checkpoint",
+            str(trained_bundle / "model_tiny.pt"),
+            "--no-train",
+            "--seeds",
+            "1001",
+            "--rotations",
+            "none",
+            "z 45°",
+            "--shape",
+            "64",
+            "56",
+            "40",
+            "--spacing",
+            "5",
+            "--no-real-ct",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "goal (phantom, canonicalized, 45° about z" in printed and "ratio" in printed

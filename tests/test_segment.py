@@ -5,12 +5,11 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import BUNDLE_DIR
 
 from textseg.prompts import PromptError
 from textseg.segment import check_image_path, segment
 from textseg.vocabulary import UnknownStructureError
-
-from conftest import BUNDLE_DIR
 
 TINY = ("inference.json", "tiny.json")
 pytestmark = pytest.mark.slow

@@ -92,7 +92,9 @@ def test_network_takes_spatial_prompts():
     torch.manual_seed(0)
     net = TextSwinUNETR(**TINY, spatial_prompts=True).eval()
     x, text = torch.rand(1, 1, 64, 64, 64), torch.randn(2, 16)
-    guidance = torch.stack([encode_spatial_prompts((64, 64, 64), positive_points=[(20, 30, 30)]), encode_spatial_prompts((64, 64, 64))])[None]
+    guidance = torch.stack([encode_spatial_prompts((64, 64, 64), positive_points=[(20, 30, 30)]), encode_spatial_prompts((64, 64, 64))])[
+        None
+    ]
     with torch.no_grad():
         assert torch.allclose(net(x, text, guidance), net(x, text)), "a fresh guidance block is the identity"
         for block in net.guidance:
@@ -191,9 +193,8 @@ def test_click_simulation_refuses_bad_settings(kwargs):
 
 def test_bundle_training_chain_draws_guidance(tiny_phantom):
     """train.json + tiny.json + interactive.json: every training crop carries guidance for its sampled prompts."""
-    from monai.bundle import ConfigParser
-
     from conftest import BUNDLE_DIR
+    from monai.bundle import ConfigParser
 
     configs = BUNDLE_DIR / "configs"
     parser = ConfigParser()
@@ -232,8 +233,12 @@ def _echo_positive_clicks(x, text_embedding=None, guidance=None):
 def test_sliding_window_cuts_guidance_with_the_image():
     shape = (70, 50, 90)
     image = torch.rand(1, 1, *shape)
-    guidance = torch.stack([encode_spatial_prompts(shape, positive_points=[(5, 40, 80), (60, 10, 3)]),
-                            encode_spatial_prompts(shape, positive_points=[(35, 25, 45)])])[None]
+    guidance = torch.stack(
+        [
+            encode_spatial_prompts(shape, positive_points=[(5, 40, 80), (60, 10, 3)]),
+            encode_spatial_prompts(shape, positive_points=[(35, 25, 45)]),
+        ]
+    )[None]
     inferer = GuidedSlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=3, overlap=0.25)
     out = inferer(image, _echo_positive_clicks, text_embedding=None, guidance=guidance)
     assert out.shape == (1, 2, *shape)
@@ -251,8 +256,9 @@ def test_guided_inferer_without_guidance_is_the_plain_sliding_window():
     x, text = torch.rand(1, 1, 80, 64, 64), torch.randn(2, 16)
     kwargs = dict(roi_size=(64, 64, 64), sw_batch_size=2, overlap=0.25)
     with torch.no_grad():
-        assert torch.allclose(GuidedSlidingWindowInferer(**kwargs)(x, net, text_embedding=text),
-                              SlidingWindowInferer(**kwargs)(x, net, text_embedding=text))
+        assert torch.allclose(
+            GuidedSlidingWindowInferer(**kwargs)(x, net, text_embedding=text), SlidingWindowInferer(**kwargs)(x, net, text_embedding=text)
+        )
 
 
 def test_zoom_out_zoom_in_keeps_clicked_regions():
@@ -307,7 +313,8 @@ def test_a_click_on_an_organ_lands_on_it_after_preprocessing(tmp_path, flip):
     nib.save(nib.Nifti1Image(image.astype(np.float32), affine), str(tmp_path / "ct.nii.gz"))
     nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(tmp_path / "label.nii.gz"))
     data = Compose(ct_transforms(["image"], label_key="label", pixdim=(4.0, 4.0, 4.0)))(
-        {"image": str(tmp_path / "ct.nii.gz"), "label": str(tmp_path / "label.nii.gz")})
+        {"image": str(tmp_path / "ct.nii.gz"), "label": str(tmp_path / "label.nii.gz")}
+    )
     ids = {name: i for i, name in PHANTOM_LABELS.items()}
     for organ in ("liver", "kidney_left"):
         inside = np.argwhere(label == ids[organ])
@@ -339,8 +346,12 @@ def _click_training_batch() -> dict:
     label = torch.zeros(1, 2, 64, 64, 64)
     label[0, 0, 16:40, 20:44, 24:48] = 1.0  # an annotated structure
     label[0, 1] = IGNORE_CHANNEL  # not annotated in this case
-    return {"image": torch.rand(1, 1, 64, 64, 64), "label": label, "text_embedding": torch.randn(1, 2, 16),
-            "guidance": torch.zeros(1, 2, 3, 64, 64, 64)}
+    return {
+        "image": torch.rand(1, 1, 64, 64, 64),
+        "label": label,
+        "text_embedding": torch.randn(1, 2, 16),
+        "guidance": torch.zeros(1, 2, 3, 64, 64, 64),
+    }
 
 
 @pytest.mark.parametrize("probability", [1.0, 0.0])
@@ -352,10 +363,15 @@ def test_corrective_click_training_runs_in_monais_trainer(probability):
     before = [p.detach().clone() for p in net.parameters()]
     batch = _click_training_batch()
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
-        optimizer=torch.optim.Adam(net.parameters(), 1e-3), loss_function=torch.nn.BCEWithLogitsLoss(),
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[batch],
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3),
+        loss_function=torch.nn.BCEWithLogitsLoss(),
         prepare_batch=PrepareBatchGuidance({"text_embedding": "text_embedding"}),
-        iteration_update=CorrectiveClickTraining(probability=probability, max_clicks=2), amp=False,
+        iteration_update=CorrectiveClickTraining(probability=probability, max_clicks=2),
+        amp=False,
     )
     trainer.run()
     clicks = batch["guidance"][0, 0, :2]

@@ -45,9 +45,21 @@ def test_unique_and_consistent(vocab):
 
 
 def test_dataset_classes_are_covered(vocab):
-    for name in ["liver_tumor", "pancreas_tumor", "kidney_tumor", "lung_tumor", "colon_tumor", "hepatic_vessel", "rectum",
-                 "femoral_head_left", "femoral_head_right", "portal_vein_and_splenic_vein", "prostate_or_uterus", "uterus",
-                 "adrenal_glands_combined"]:
+    for name in [
+        "liver_tumor",
+        "pancreas_tumor",
+        "kidney_tumor",
+        "lung_tumor",
+        "colon_tumor",
+        "hepatic_vessel",
+        "rectum",
+        "femoral_head_left",
+        "femoral_head_right",
+        "portal_vein_and_splenic_vein",
+        "prostate_or_uterus",
+        "uterus",
+        "adrenal_glands_combined",
+    ]:
         assert name in vocab
 
 
@@ -104,8 +116,20 @@ def test_lookup(vocab, term, expected):
 
 @pytest.mark.parametrize(
     "term,count",
-    [("ribs", 24), ("left ribs", 12), ("ribs (R)", 12), ("lumbar vertebrae", 5), ("L spine", 5), ("cervical spine", 7),
-     ("vertebrae", 25), ("left lung", 2), ("lung (R)", 3), ("lungs", 5), ("abdominal organs", 7), ("gluteal muscles", 6)],
+    [
+        ("ribs", 24),
+        ("left ribs", 12),
+        ("ribs (R)", 12),
+        ("lumbar vertebrae", 5),
+        ("L spine", 5),
+        ("cervical spine", 7),
+        ("vertebrae", 25),
+        ("left lung", 2),
+        ("lung (R)", 3),
+        ("lungs", 5),
+        ("abdominal organs", 7),
+        ("gluteal muscles", 6),
+    ],
 )
 def test_group_lookup(vocab, term, count):
     names = vocab.lookup(term)
@@ -192,7 +216,8 @@ BAD_FILES = {
     "unknown region": S + "  - {id: 1, name: a, region: belly, color: [1, 2, 3]}\n",
     "unknown keys": S + "  - {id: 1, name: a, synonym: [x], color: [1, 2, 3]}\n",
     "missing": S + "  - {id: 1, name: a}\n",
-    "ambiguous phrases": S + "  - {id: 1, name: a, synonyms: [x], color: [1, 2, 3]}\n  - {id: 2, name: b, synonyms: [x], color: [4, 5, 6]}\n",
+    "ambiguous phrases": S
+    + "  - {id: 1, name: a, synonyms: [x], color: [1, 2, 3]}\n  - {id: 2, name: b, synonyms: [x], color: [4, 5, 6]}\n",
     "is the base of no structure": S + A + "base_synonyms:\n  kidny: [renal]\n",
     "version": "version: 7\n" + S + A,
     "no 'structures' list": "groups: {}\n",
@@ -237,9 +262,9 @@ def test_bundle_classes_have_distinguishable_colours():
     """Structures shown together (the bundle's classes) must not share a near-identical colour in OHIF/Slicer."""
     import itertools
 
-    from textseg.bundle import read_config_value
-
     from conftest import BUNDLE_DIR
+
+    from textseg.bundle import read_config_value
 
     vocab = load_vocabulary()
     names = read_config_value(BUNDLE_DIR, "inference.json", "class_names")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from textseg.bundle import DEFAULT_BUNDLE, bundle_config_files, run_bundle
-from textseg.metrics import write_atomic
+from textseg.files import write_atomic
 
 __all__ = ["FUSION_OVERLAYS", "METRICS", "ablation_markdown", "plot_ablation", "run_fusion_ablation"]
 
@@ -85,25 +85,47 @@ def run_fusion_ablation(
     data_dir = Path(data_dir).resolve()
     make_phantom_dataset(data_dir, num_train=num_train, num_test=num_test, seed=seed)
     overrides = dict(overrides or {})
-    settings = {"num_train": num_train, "num_test": num_test, "epochs": epochs, "seed": seed, "overlays": list(size_overlays),
-                "overrides": overrides}
+    settings = {
+        "num_train": num_train,
+        "num_test": num_test,
+        "epochs": epochs,
+        "seed": seed,
+        "overlays": list(size_overlays),
+        "overrides": overrides,
+    }
     results: dict = {"settings": settings, "fusions": {}}
-    common = dict(dataset_dir=str(data_dir), dataset_name="phantom", num_workers=num_workers,
-                  initialize=[f"$monai.utils.set_determinism(seed={seed})"], **overrides)
+    common = dict(
+        dataset_dir=str(data_dir),
+        dataset_name="phantom",
+        num_workers=num_workers,
+        initialize=[f"$monai.utils.set_determinism(seed={seed})"],
+        **overrides,
+    )
     for index, fusion in enumerate(fusions, 1):
         overlays = [*size_overlays, *FUSION_OVERLAYS[fusion]]
         run_dir = (output_dir / fusion).resolve()
         print(f"[{index}/{len(fusions)}] {fusion}: training {epochs} epochs on {num_train} phantoms -> {run_dir}", flush=True)
         started = time.perf_counter()
         run_bundle(
-            bundle_dir, ["train.json", *overlays], workflow_type="train", ckpt_dir=str(run_dir), output_dir=str(run_dir / "train"),
-            epochs=epochs, val_interval=min(5, epochs), num_val=min(2, num_train - 1), **common,
+            bundle_dir,
+            ["train.json", *overlays],
+            workflow_type="train",
+            ckpt_dir=str(run_dir),
+            output_dir=str(run_dir / "train"),
+            epochs=epochs,
+            val_interval=min(5, epochs),
+            num_val=min(2, num_train - 1),
+            **common,
         )
         train_seconds = time.perf_counter() - started
         print(f"[{index}/{len(fusions)}] {fusion}: evaluating on {num_test} held-out phantoms", flush=True)
         run_bundle(
-            bundle_dir, ["train.json", "evaluate.json", *overlays], workflow_type="infer", ckpt_dir=str(run_dir),
-            output_dir=str(run_dir / "evaluation"), **common,
+            bundle_dir,
+            ["train.json", "evaluate.json", *overlays],
+            workflow_type="infer",
+            ckpt_dir=str(run_dir),
+            output_dir=str(run_dir / "evaluation"),
+            **common,
         )
         per_structure = json.loads((run_dir / "evaluation" / "per_structure.json").read_text(encoding="utf-8"))
         structures = {name: {m: values[m]["mean"] for m in METRICS} for name, values in per_structure.items()}

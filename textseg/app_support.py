@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from textseg.files import write_atomic
 from textseg.vocabulary import Vocabulary, load_vocabulary
 
 __all__ = [
@@ -44,7 +45,9 @@ def check_image_id(image_id: str) -> str:
     return image_id
 
 
-def check_label_file(label: str | os.PathLike, image: str | os.PathLike | None = None, allowed_ids: Sequence[int] | None = None) -> np.ndarray:
+def check_label_file(
+    label: str | os.PathLike, image: str | os.PathLike | None = None, allowed_ids: Sequence[int] | None = None
+) -> np.ndarray:
     """Read a label map (NIfTI) fully and check it against its image; return the array.
 
     Args:
@@ -78,7 +81,9 @@ def check_label_file(label: str | os.PathLike, image: str | os.PathLike | None =
     return data
 
 
-def annotated_structures(label_info: Mapping | None, present_ids: Sequence[int], class_names: Sequence[str], vocabulary: Vocabulary | None = None) -> list[str]:
+def annotated_structures(
+    label_info: Mapping | None, present_ids: Sequence[int], class_names: Sequence[str], vocabulary: Vocabulary | None = None
+) -> list[str]:
     """Which of ``class_names`` a saved label annotates (partial labels).
 
     Taken from the label's info when the client said so (``annotated``: names; ``label_names``: name -> id;
@@ -151,10 +156,7 @@ class TrainProgressWriter:
             "state": state,
             "ts": time.time(),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(record))
 
 
 def read_progress(path: str | os.PathLike) -> dict:
@@ -206,8 +208,17 @@ class MonaiLabelServer:
         python_bin: folder holding ``monailabel`` and the ``python`` it runs (default: this interpreter's).
     """
 
-    def __init__(self, app_dir, studies, conf: Mapping[str, str], port: int | None = None, log=None,
-                 env: Mapping[str, str] | None = None, python_bin=None, startup_timeout: float = 180.0):
+    def __init__(
+        self,
+        app_dir,
+        studies,
+        conf: Mapping[str, str],
+        port: int | None = None,
+        log=None,
+        env: Mapping[str, str] | None = None,
+        python_bin=None,
+        startup_timeout: float = 180.0,
+    ):
         import sys
 
         self.app_dir, self.studies, self.conf = str(app_dir), str(studies), dict(conf)
@@ -222,8 +233,18 @@ class MonaiLabelServer:
     def start(self) -> "MonaiLabelServer":
         import subprocess
 
-        cmd = [str(self.bin / "monailabel"), "start_server", "--app", self.app_dir, "--studies", self.studies,
-               "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [
+            str(self.bin / "monailabel"),
+            "start_server",
+            "--app",
+            self.app_dir,
+            "--studies",
+            self.studies,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         for k, v in self.conf.items():
             cmd += ["--conf", k, str(v)]
         env = dict(os.environ, **self.env)
@@ -287,16 +308,22 @@ class OrthancServer:
                 raise FileNotFoundError(f"{path} not found: install Debian's orthanc and orthanc-dicomweb packages.")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "textseg-test", "HttpPort": self.port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "StorageDirectory": str(self.work_dir / "storage"),
-            "IndexDirectory": str(self.work_dir / "index"), "Plugins": [self.plugin],
+            "Name": "textseg-test",
+            "HttpPort": self.port,
+            "DicomServerEnabled": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "StorageDirectory": str(self.work_dir / "storage"),
+            "IndexDirectory": str(self.work_dir / "index"),
+            "Plugins": [self.plugin],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False},
         }
         (self.work_dir / "orthanc.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         self.log = self.work_dir / "orthanc.log"
         with open(self.log, "w", encoding="utf-8") as out:
-            self.process = subprocess.Popen([self.binary, str(self.work_dir / "orthanc.json")], stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [self.binary, str(self.work_dir / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             _wait_http(f"{self.dicomweb_url}/studies", 60, self.process, self.log)
         except BaseException:
@@ -310,8 +337,9 @@ class OrthancServer:
 
         answers = []
         for f in files:
-            req = urllib.request.Request(f"{self.url}/instances", data=Path(f).read_bytes(), method="POST",
-                                         headers={"Content-Type": "application/dicom"})
+            req = urllib.request.Request(
+                f"{self.url}/instances", data=Path(f).read_bytes(), method="POST", headers={"Content-Type": "application/dicom"}
+            )
             with urllib.request.urlopen(req, timeout=30) as r:
                 answers.append(json.loads(r.read()))
         return answers
@@ -380,7 +408,9 @@ def prepare_studies(out_dir: str | os.PathLike, num: int = 2, seed: int = 900, d
             if series.exists():
                 continue
             img = nib.load(str(path))
-            identity = EXAMPLE_STUDY if path.name == EXAMPLE_CT.name else {"patient_id": path.name.replace(".nii.gz", "").replace("_", "").upper()}
+            identity = (
+                EXAMPLE_STUDY if path.name == EXAMPLE_CT.name else {"patient_id": path.name.replace(".nii.gz", "").replace("_", "").upper()}
+            )
             write_ct_series(np.asarray(img.dataobj, dtype=np.float32), img.affine, series, **identity)
     return paths
 
@@ -414,7 +444,9 @@ def _main(argv=None) -> int:
     with OrthancServer(Path(args.work) / "server", port=args.port) as server:
         for folder in sorted(p for p in dicom.iterdir() if p.is_dir()):
             server.upload(sorted(folder.glob("*.dcm")))
-        print(f"Orthanc DICOMweb at {server.dicomweb_url} (Ctrl-C stops it); serve with: make serve STUDIES={server.dicomweb_url}", flush=True)
+        print(
+            f"Orthanc DICOMweb at {server.dicomweb_url} (Ctrl-C stops it); serve with: make serve STUDIES={server.dicomweb_url}", flush=True
+        )
         try:
             server.process.wait()
         except KeyboardInterrupt:

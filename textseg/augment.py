@@ -23,15 +23,30 @@ __all__ = ["CONTRAST_PHASES", "CropSlabd", "RandContrastPhased", "RandSliceThick
 CONTRAST_PHASES: dict[str, dict[str, tuple[float, float]]] = {
     "native": {},
     "arterial": {
-        "aorta": (150.0, 300.0), "iliac_artery_left": (150.0, 300.0), "iliac_artery_right": (150.0, 300.0),
-        "kidney_left": (60.0, 150.0), "kidney_right": (60.0, 150.0), "spleen": (40.0, 90.0), "liver": (5.0, 25.0),
-        "portal_vein_and_splenic_vein": (30.0, 90.0), "inferior_vena_cava": (10.0, 60.0), "pancreas": (40.0, 80.0),
+        "aorta": (150.0, 300.0),
+        "iliac_artery_left": (150.0, 300.0),
+        "iliac_artery_right": (150.0, 300.0),
+        "kidney_left": (60.0, 150.0),
+        "kidney_right": (60.0, 150.0),
+        "spleen": (40.0, 90.0),
+        "liver": (5.0, 25.0),
+        "portal_vein_and_splenic_vein": (30.0, 90.0),
+        "inferior_vena_cava": (10.0, 60.0),
+        "pancreas": (40.0, 80.0),
     },
     "portal_venous": {
-        "aorta": (90.0, 160.0), "iliac_artery_left": (90.0, 160.0), "iliac_artery_right": (90.0, 160.0),
-        "inferior_vena_cava": (80.0, 150.0), "iliac_vena_left": (80.0, 150.0), "iliac_vena_right": (80.0, 150.0),
-        "portal_vein_and_splenic_vein": (100.0, 170.0), "liver": (40.0, 70.0), "spleen": (50.0, 80.0),
-        "kidney_left": (80.0, 150.0), "kidney_right": (80.0, 150.0), "pancreas": (40.0, 70.0),
+        "aorta": (90.0, 160.0),
+        "iliac_artery_left": (90.0, 160.0),
+        "iliac_artery_right": (90.0, 160.0),
+        "inferior_vena_cava": (80.0, 150.0),
+        "iliac_vena_left": (80.0, 150.0),
+        "iliac_vena_right": (80.0, 150.0),
+        "portal_vein_and_splenic_vein": (100.0, 170.0),
+        "liver": (40.0, 70.0),
+        "spleen": (50.0, 80.0),
+        "kidney_left": (80.0, 150.0),
+        "kidney_right": (80.0, 150.0),
+        "pancreas": (40.0, 70.0),
     },
 }
 """HU added to each structure for a contrast phase, relative to a native scan: (low, high), drawn per
@@ -82,8 +97,14 @@ class RandContrastPhased(Randomizable, MapTransform):
         prob: probability of changing the phase.
     """
 
-    def __init__(self, image_key: str = "image", label_key: str = "label", class_names: Sequence[str] = (),
-                 hu_range: Sequence[float] = (-175.0, 250.0), prob: float = 0.5):
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str = "label",
+        class_names: Sequence[str] = (),
+        hu_range: Sequence[float] = (-175.0, 250.0),
+        prob: float = 0.5,
+    ):
         MapTransform.__init__(self, keys=[image_key, label_key])
         self.image_key, self.label_key = image_key, label_key
         self.class_names = list(class_names)
@@ -162,8 +183,9 @@ class RandFieldOfViewd(Randomizable, MapTransform):
         fill: image value outside the slab.
     """
 
-    def __init__(self, image_key: str = "image", label_key: str = "label", slice_range: Sequence[int] = (4, 32),
-                 prob: float = 0.2, fill: float = 0.0):
+    def __init__(
+        self, image_key: str = "image", label_key: str = "label", slice_range: Sequence[int] = (4, 32), prob: float = 0.2, fill: float = 0.0
+    ):
         MapTransform.__init__(self, keys=[image_key, label_key])
         self.image_key, self.label_key = image_key, label_key
         self.slice_range = (int(slice_range[0]), int(slice_range[1]))

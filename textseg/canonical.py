@@ -90,8 +90,13 @@ class RotationEstimate:
 
     def to_dict(self) -> dict:
         ax, ay, az = self.angles_deg
-        return {"angles_deg": [ax, ay, az], "centre_mm": [float(v) for v in self.centre], "ok": self.ok,
-                "message": self.message, "symmetry": self.symmetry}
+        return {
+            "angles_deg": [ax, ay, az],
+            "centre_mm": [float(v) for v in self.centre],
+            "ok": self.ok,
+            "message": self.message,
+            "symmetry": self.symmetry,
+        }
 
 
 def _translation(offset: np.ndarray) -> np.ndarray:
@@ -340,8 +345,15 @@ def canonicalize(
         return image.copy(), new_affine, estimate
     # voxel of the new grid -> world -> voxel of the old grid
     mapping = np.linalg.inv(affine) @ new_affine
-    out = ndimage.affine_transform(image.astype(np.float32) if order > 0 else image, mapping[:3, :3], offset=mapping[:3, 3],
-                                   output_shape=image.shape, order=order, mode="constant", cval=pad_value)
+    out = ndimage.affine_transform(
+        image.astype(np.float32) if order > 0 else image,
+        mapping[:3, :3],
+        offset=mapping[:3, 3],
+        output_shape=image.shape,
+        order=order,
+        mode="constant",
+        cval=pad_value,
+    )
     return out.astype(image.dtype, copy=False), new_affine, estimate
 
 
@@ -386,14 +398,21 @@ class CanonicalizeRotationd(MapTransform, InvertibleTransform):
         if len(self.mode) != n or len(self.pad_value) != n:
             raise ValueError(f"mode and pad_value need one entry per key ({n}), got {self.mode} and {self.pad_value}.")
         self.min_angle_deg = float(min_angle_deg)
-        self.estimate_kwargs = dict(body_threshold=body_threshold, bone_threshold=bone_threshold, estimate_tilt=estimate_tilt,
-                                    max_tilt_deg=max_tilt_deg, resolution_mm=resolution_mm)
+        self.estimate_kwargs = dict(
+            body_threshold=body_threshold,
+            bone_threshold=bone_threshold,
+            estimate_tilt=estimate_tilt,
+            max_tilt_deg=max_tilt_deg,
+            resolution_mm=resolution_mm,
+        )
         self.resampler = SpatialResample(padding_mode="zeros", dtype=np.float32)
 
     def estimate(self, image: torch.Tensor) -> RotationEstimate:
         """The rotation to remove from a channel-first MetaTensor [1, X, Y, Z] (identity below ``min_angle_deg``)."""
         if not isinstance(image, MetaTensor):
-            raise TypeError(f"CanonicalizeRotationd needs a MetaTensor with an affine for {self.estimate_key!r}, got {type(image).__name__}.")
+            raise TypeError(
+                f"CanonicalizeRotationd needs a MetaTensor with an affine for {self.estimate_key!r}, got {type(image).__name__}."
+            )
         if image.shape[0] != 1:
             raise ValueError(f"{self.estimate_key!r}: expected one channel to estimate the rotation on, got {image.shape[0]}.")
         estimate = estimate_rotation(image[0], image.affine, **self.estimate_kwargs)
@@ -401,8 +420,9 @@ class CanonicalizeRotationd(MapTransform, InvertibleTransform):
             name = image.meta.get("filename_or_obj", self.estimate_key)
             warnings.warn(f"{name}: rotation estimate failed ({estimate.message}); keeping the affine-only orientation.", stacklevel=3)
         elif estimate.angle_deg < self.min_angle_deg:
-            estimate = RotationEstimate(centre=estimate.centre, ok=True, message=f"rotation below {self.min_angle_deg:g}° left as it is",
-                                        symmetry=estimate.symmetry)
+            estimate = RotationEstimate(
+                centre=estimate.centre, ok=True, message=f"rotation below {self.min_angle_deg:g}° left as it is", symmetry=estimate.symmetry
+            )
         return estimate
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:

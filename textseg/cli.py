@@ -43,7 +43,11 @@ def _make_phantom(args) -> int:
     from textseg.phantom import make_phantom_dataset
 
     path = make_phantom_dataset(
-        args.out, num_train=args.num_train, num_test=args.num_test, seed=args.seed, drop_fraction=args.drop_fraction,
+        args.out,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        seed=args.seed,
+        drop_fraction=args.drop_fraction,
         max_rotation_deg=args.max_rotation,
     )
     print(f"wrote {path}")
@@ -74,8 +78,17 @@ def _segment(args) -> int:
         from textseg.segment import segment
 
         result = segment(args.image, args.prompt, args.output, args.bundle, configs, allow_non_ct=args.allow_non_ct)
-    print(json.dumps({"label_map": str(result.label_map), "masks": {k: str(v) for k, v in result.masks.items()},
-                      "overlay": str(result.overlay), "labels": result.labels}, indent=2))
+    print(
+        json.dumps(
+            {
+                "label_map": str(result.label_map),
+                "masks": {k: str(v) for k, v in result.masks.items()},
+                "overlay": str(result.overlay),
+                "labels": result.labels,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -83,8 +96,9 @@ def _demo(args) -> int:
     from textseg.demo import PHANTOM_PROMPT, run_demo, run_phantom_demo
 
     if args.phantom:
-        report = run_phantom_demo(args.image, args.prompt or PHANTOM_PROMPT, args.output, args.bundle, args.data_dir, epochs=args.epochs,
-                                  retrain=args.retrain)
+        report = run_phantom_demo(
+            args.image, args.prompt or PHANTOM_PROMPT, args.output, args.bundle, args.data_dir, epochs=args.epochs, retrain=args.retrain
+        )
     else:
         kwargs = {"prompt": args.prompt} if args.prompt else {}
         report = run_demo(args.image, output_dir=args.output, bundle_dir=args.bundle, allow_non_ct=args.allow_non_ct, **kwargs)
@@ -124,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (("train", _train, "train a bundle"), ("segment", _segment, "segment an image from a prompt")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
-        p.add_argument("--tiny", action="store_true", help="use the phantom-trained tiny model (configs/tiny.json) instead of the shipped real-CT model")
+        p.add_argument(
+            "--tiny",
+            action="store_true",
+            help="use the phantom-trained tiny model (configs/tiny.json) instead of the shipped real-CT model",
+        )
         p.set_defaults(func=func)
         if name == "train":
             p.add_argument("--dataset", default="phantom", help="datasets.yaml entry")

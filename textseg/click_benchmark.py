@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textseg.files import atomic_path
 from textseg.spatial import GuidedSlidingWindowInferer, constrain_to_clicks, encode_spatial_prompts, next_corrective_click, zoom_out_zoom_in
 
 __all__ = [
@@ -61,8 +62,12 @@ def _parser(bundle_dir: str | os.PathLike, configs: Sequence[str]):
     return parser
 
 
-def load_interactive_network(checkpoint: str | os.PathLike, bundle_dir: str | os.PathLike, configs: Sequence[str] = INTERACTIVE_CONFIGS,
-                             device: str | torch.device = "cpu"):
+def load_interactive_network(
+    checkpoint: str | os.PathLike,
+    bundle_dir: str | os.PathLike,
+    configs: Sequence[str] = INTERACTIVE_CONFIGS,
+    device: str | torch.device = "cpu",
+):
     """The bundle's network (``spatial_prompts=True``) with the checkpoint's weights, in eval mode, and the parsed config.
 
     Raises:
@@ -83,8 +88,12 @@ def load_interactive_network(checkpoint: str | os.PathLike, bundle_dir: str | os
     return network.to(device).eval(), parser
 
 
-def make_click_cases(out_dir: str | os.PathLike, seeds: Sequence[int] = (1001, 1002), spacing: Sequence[float] = (4.0, 4.0, 4.0),
-                     shape: Sequence[int] | None = None) -> list[dict]:
+def make_click_cases(
+    out_dir: str | os.PathLike,
+    seeds: Sequence[int] = (1001, 1002),
+    spacing: Sequence[float] = (4.0, 4.0, 4.0),
+    shape: Sequence[int] | None = None,
+) -> list[dict]:
     """Held-out phantoms (seeds outside the demo's training seeds 0-25) as NIfTI; returns ``{"image", "label"}`` dicts."""
     from textseg.phantom import make_phantom
 
@@ -168,16 +177,19 @@ def click_curves(
                     def predictor(window, k=k):
                         return torch.sigmoid(network(window[:, :1], text[k : k + 1], guidance=window[:, 1:][:, None]))
 
-                    probs.append(zoom_out_zoom_in(stacked, predictor, roi_size, threshold=threshold,
-                                                  include_points=clicks[name]["positive"])[0, 0])
+                    probs.append(
+                        zoom_out_zoom_in(stacked, predictor, roi_size, threshold=threshold, include_points=clicks[name]["positive"])[0, 0]
+                    )
                 probs = torch.stack(probs)
         if click_radius > 0:
-            probs = torch.stack([constrain_to_clicks(probs[k], clicks[n]["positive"], clicks[n]["negative"], click_radius)
-                                 for k, n in enumerate(names)])
+            probs = torch.stack(
+                [constrain_to_clicks(probs[k], clicks[n]["positive"], clicks[n]["negative"], click_radius) for k, n in enumerate(names)]
+            )
         if progress is not None:
             progress.update(1)
         return (probs >= threshold).cpu().numpy()
 
+    prediction = None  # the answer to the previous step's clicks
     for step in range(num_clicks + 1):
         if step:
             for k, name in enumerate(names):
@@ -186,8 +198,14 @@ def click_curves(
                     clicks[name]["positive" if click[1] else "negative"].append(click[0])
         prediction = predict()
         for k, name in enumerate(names):
-            curves[name].append({"clicks": step, "dice": _dice(prediction[k], np.asarray(targets[name]) > 0),
-                                 "positive": len(clicks[name]["positive"]), "negative": len(clicks[name]["negative"])})
+            curves[name].append(
+                {
+                    "clicks": step,
+                    "dice": _dice(prediction[k], np.asarray(targets[name]) > 0),
+                    "positive": len(clicks[name]["positive"]),
+                    "negative": len(clicks[name]["negative"]),
+                }
+            )
     return curves
 
 
@@ -220,11 +238,11 @@ def run_click_benchmark(
         ``{"rows": [...], "summary": [...], "monotonic": {mode: bool}, "seconds", ...}``: one row per case, mode,
         structure and click count.
     """
+    from monai.transforms import Compose
     from tqdm.auto import tqdm
 
     from textseg.phantom import PHANTOM_LABELS
     from textseg.transforms import ct_transforms
-    from monai.transforms import Compose
 
     for mode in modes:
         if mode not in MODES:
@@ -255,8 +273,19 @@ def run_click_benchmark(
                 if not targets:
                     raise ValueError(f"{case['label']}: none of the model's structures is labelled.")
                 embeddings = all_embeddings[[class_names.index(n) for n in targets]]
-                curves = click_curves(network, torch.as_tensor(data["image"]), targets, embeddings, roi_size, num_clicks, mode,
-                                      sw_batch_size, threshold, click_radius=click_radius, progress=bar)
+                curves = click_curves(
+                    network,
+                    torch.as_tensor(data["image"]),
+                    targets,
+                    embeddings,
+                    roi_size,
+                    num_clicks,
+                    mode,
+                    sw_batch_size,
+                    threshold,
+                    click_radius=click_radius,
+                    progress=bar,
+                )
                 for name, curve in curves.items():
                     for point in curve:
                         rows.append({"case": Path(case["image"]).name, "mode": mode, "structure": name, **point})
@@ -264,9 +293,18 @@ def run_click_benchmark(
     finally:
         bar.close()
     summary = summarize_clicks(rows)
-    return {"rows": rows, "summary": summary, "monotonic": {m: is_monotonic(summary, m) for m in modes},
-            "seconds": round(time.time() - started, 1), "mode_seconds": seconds, "checkpoint": str(checkpoint),
-            "configs": list(configs), "cases": [c["image"] for c in cases], "num_clicks": num_clicks, "click_radius": click_radius}
+    return {
+        "rows": rows,
+        "summary": summary,
+        "monotonic": {m: is_monotonic(summary, m) for m in modes},
+        "seconds": round(time.time() - started, 1),
+        "mode_seconds": seconds,
+        "checkpoint": str(checkpoint),
+        "configs": list(configs),
+        "cases": [c["image"] for c in cases],
+        "num_clicks": num_clicks,
+        "click_radius": click_radius,
+    }
 
 
 def summarize_clicks(rows: Sequence[Mapping]) -> list[dict]:
@@ -275,8 +313,15 @@ def summarize_clicks(rows: Sequence[Mapping]) -> list[dict]:
     for mode in dict.fromkeys(r["mode"] for r in rows):
         for clicks in sorted({r["clicks"] for r in rows if r["mode"] == mode}):
             values = [r["dice"] for r in rows if r["mode"] == mode and r["clicks"] == clicks and not math.isnan(r["dice"])]
-            summary.append({"mode": mode, "clicks": clicks, "mean": float(np.mean(values)) if values else float("nan"),
-                            "std": float(np.std(values)) if values else float("nan"), "n": len(values)})
+            summary.append(
+                {
+                    "mode": mode,
+                    "clicks": clicks,
+                    "mean": float(np.mean(values)) if values else float("nan"),
+                    "std": float(np.std(values)) if values else float("nan"),
+                    "n": len(values),
+                }
+            )
     return summary
 
 
@@ -294,8 +339,11 @@ def markdown_table(summary: Sequence[Mapping]) -> str:
     lines = ["| clicks | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
     for c in clicks:
         label = f"{c} (text only)" if c == 0 else str(c)
-        lines.append(f"| {label} | " + " | ".join(
-            f"{cell[m, c]['mean']:.3f} ± {cell[m, c]['std']:.3f}" if (m, c) in cell else "" for m in modes) + " |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{cell[m, c]['mean']:.3f} ± {cell[m, c]['std']:.3f}" if (m, c) in cell else "" for m in modes)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -306,18 +354,25 @@ def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from textseg.metrics import write_atomic
+    from textseg.files import write_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "click_benchmark.json", "markdown": out_dir / "click_benchmark.md", "png": out_dir / "click_benchmark.png"}
     write_atomic(paths["json"], json.dumps(result, indent=2))
-    verdicts = ", ".join(f"{m}: {'rises at every click' if ok else 'does NOT rise at every click'} 1→{result['num_clicks']}"
-                         for m, ok in result["monotonic"].items())
-    constraint = (f"clicks also hard constraints within {result.get('click_radius', 0):g} voxels" if result.get("click_radius")
-                  else "clicks through the network's guidance only")
-    note = ("Mean ± std Dice over (case, structure) after 0..N simulated corrective clicks (0 = text only), on the "
-            f"network's grid; {constraint}. {verdicts}.\n")
+    verdicts = ", ".join(
+        f"{m}: {'rises at every click' if ok else 'does NOT rise at every click'} 1→{result['num_clicks']}"
+        for m, ok in result["monotonic"].items()
+    )
+    constraint = (
+        f"clicks also hard constraints within {result.get('click_radius', 0):g} voxels"
+        if result.get("click_radius")
+        else "clicks through the network's guidance only"
+    )
+    note = (
+        "Mean ± std Dice over (case, structure) after 0..N simulated corrective clicks (0 = text only), on the "
+        f"network's grid; {constraint}. {verdicts}.\n"
+    )
     write_atomic(paths["markdown"], note + "\n" + markdown_table(result["summary"]) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode in dict.fromkeys(s["mode"] for s in result["summary"]):
@@ -332,8 +387,7 @@ def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]
     ax.set_title("interactive model: Dice vs clicks")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = paths["png"].with_name(".tmp-" + paths["png"].name)
-    fig.savefig(tmp, dpi=100, format="png")
+    with atomic_path(paths["png"]) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, paths["png"])
     return paths

@@ -222,7 +222,9 @@ def _label_name(spec: DatasetSpec, image_name: str) -> str:
     opts = spec.options
     image_prefix, image_suffix = str(opts.get("image_prefix", "")), str(opts.get("image_suffix", ""))
     if not (image_name.startswith(image_prefix) and image_name.endswith(image_suffix)):
-        raise DatasetError(f"dataset {spec.name!r}: image {image_name!r} does not start with {image_prefix!r} and end with {image_suffix!r}")
+        raise DatasetError(
+            f"dataset {spec.name!r}: image {image_name!r} does not start with {image_prefix!r} and end with {image_suffix!r}"
+        )
     core = image_name[len(image_prefix) : len(image_name) - len(image_suffix)]
     return f"{opts.get('label_prefix', '')}{core}{opts.get('label_suffix', '')}"
 
@@ -249,7 +251,9 @@ def _case_folder_cases(spec: DatasetSpec, root: Path) -> list[dict]:
                 )
             if not labels:
                 raise _missing(spec, "label file", image.parent / spec.labels)
-            raise DatasetError(f"dataset {spec.name!r}: {len(labels)} label files match {spec.labels!r} in {image.parent}: {[p.name for p in labels]}")
+            raise DatasetError(
+                f"dataset {spec.name!r}: {len(labels)} label files match {spec.labels!r} in {image.parent}: {[p.name for p in labels]}"
+            )
         cases.append({"image": str(image), "label": str(labels[0])})
     return cases
 
@@ -289,7 +293,10 @@ def _msd_cases(spec: DatasetSpec, root: Path, section: str) -> list[dict]:
             case["annotated"] = [str(a) for a in entry["annotated"]]
         cases.append(case)
     if not cases:
-        raise DatasetError(f"dataset {spec.name!r}: {manifest} lists no {section!r} cases" + (f" matching {spec.options['include']!r}" if "include" in spec.options else ""))
+        raise DatasetError(
+            f"dataset {spec.name!r}: {manifest} lists no {section!r} cases"
+            + (f" matching {spec.options['include']!r}" if "include" in spec.options else "")
+        )
     return cases
 
 
@@ -435,7 +442,10 @@ def combine_totalsegmentator_masks(
     names = {p: p.name[: -len(".nii.gz")] for p in masks}
     unknown = [n for n in names.values() if n not in vocabulary]
     if unknown:
-        raise DatasetError(f"{folder}: masks {unknown} are not vocabulary structures; closest to {unknown[0]!r}: {', '.join(vocabulary.closest(unknown[0], 3))}")
+        raise DatasetError(
+            f"{folder}: masks {unknown} are not vocabulary structures; "
+            f"closest to {unknown[0]!r}: {', '.join(vocabulary.closest(unknown[0], 3))}"
+        )
     if max(vocabulary[n].id for n in names.values()) > 255:
         raise DatasetError(f"{folder}: vocabulary ids above 255 do not fit a uint8 label map")
     combined, reference = None, None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, read_config_value, run_bundle
-from textseg.metrics import write_atomic
+from textseg.files import write_atomic
 from textseg.segment import SegmentationResult, dice_per_structure, segment
 
 __all__ = [

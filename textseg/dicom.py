@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_ct_series", "nifti_to_ct_series", "dicom_modality", "LOSSLESS_TRANSFER_SYNTAXES", "compress_series", "SegmentInfo", "read_dicom_seg"]
+__all__ = [
+    "write_ct_series",
+    "nifti_to_ct_series",
+    "dicom_modality",
+    "LOSSLESS_TRANSFER_SYNTAXES",
+    "compress_series",
+    "SegmentInfo",
+    "read_dicom_seg",
+]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

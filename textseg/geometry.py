@@ -37,7 +37,7 @@ def box_world_corners(bbox: Sequence[Sequence[float]], affine: np.ndarray) -> np
     stop - 0.5."""
     start, stop = np.asarray(bbox[0], dtype=float), np.asarray(bbox[1], dtype=float)
     dims = len(start)
-    corners = np.array([[stop[d] if (k >> d) & 1 else start[d] for d in range(dims)] for k in range(2 ** dims)]) - 0.5
+    corners = np.array([[stop[d] if (k >> d) & 1 else start[d] for d in range(dims)] for k in range(2**dims)]) - 0.5
     edges = np.concatenate([corners, np.ones((len(corners), 1))], axis=1)
     return (edges @ np.asarray(affine, dtype=float).T)[:, :dims]
 

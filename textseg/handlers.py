@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from monai.utils import min_version, optional_import
+
+from textseg.files import atomic_path
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
@@ -73,8 +74,9 @@ class ResumableTraining:
         enabled: ``False`` attaches nothing (a config switch).
     """
 
-    def __init__(self, save_dir: str | os.PathLike, save_dict: Mapping, filename: str = "training_state.pt",
-                 interval: int = 1, enabled: bool = True):
+    def __init__(
+        self, save_dir: str | os.PathLike, save_dict: Mapping, filename: str = "training_state.pt", interval: int = 1, enabled: bool = True
+    ):
         self.path = Path(save_dir) / filename
         self.save_dict = dict(save_dict)
         self.interval = max(1, int(interval))
@@ -110,15 +112,8 @@ class ResumableTraining:
     def save(self, engine) -> None:
         if not self._is_writer():
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".pt")
-        os.close(fd)
-        try:
+        with atomic_path(self.path) as tmp:
             torch.save({k: v.state_dict() for k, v in self._objects(engine).items()}, tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def finish(self, engine) -> None:
         if self._is_writer() and engine.state.epoch >= engine.state.max_epochs:

@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric, Su
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import min_version, optional_import
 
+from textseg.files import write_atomic
+
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
 __all__ = [
@@ -33,19 +34,7 @@ __all__ = [
     "NormalizedSurfaceDiceMetric",
     "VolumeSimilarityMetric",
     "PerStructureReport",
-    "write_atomic",
 ]
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write text to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 class HausdorffDistance95Metric(HausdorffDistanceMetric):
@@ -75,7 +64,13 @@ class NormalizedSurfaceDiceMetric(SurfaceDiceMetric):
         include_background: whether channel 0 counts.
     """
 
-    def __init__(self, tolerance: float = 2.0, spacing: Sequence[float] | float | None = None, include_background: bool = True, reduction: str = "mean"):
+    def __init__(
+        self,
+        tolerance: float = 2.0,
+        spacing: Sequence[float] | float | None = None,
+        include_background: bool = True,
+        reduction: str = "mean",
+    ):
         super().__init__(class_thresholds=[float(tolerance)], include_background=include_background, reduction=reduction)
         self.tolerance = float(tolerance)
         self.spacing = spacing

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from textseg.files import atomic_path, write_atomic
 from textseg.geometry import rotation_matrix
 
 __all__ = ["PHANTOM_LABELS", "PhantomCase", "make_phantom", "make_phantom_dataset"]
@@ -57,8 +57,16 @@ _TUBES = {
 }
 # later entries win where shapes overlap (vessels over organs they pass)
 _PAINT_ORDER = [
-    "liver", "spleen", "stomach", "kidney_right", "kidney_left", "gallbladder", "urinary_bladder",
-    "pancreas", "inferior_vena_cava", "aorta",
+    "liver",
+    "spleen",
+    "stomach",
+    "kidney_right",
+    "kidney_left",
+    "gallbladder",
+    "urinary_bladder",
+    "pancreas",
+    "inferior_vena_cava",
+    "aorta",
 ]
 
 
@@ -81,15 +89,11 @@ class PhantomCase:
     def save(self, image_path: str | os.PathLike, label_path: str | os.PathLike) -> None:
         """Write both volumes as NIfTI, each through a temporary file and a rename."""
         for path, data in ((image_path, self.image.astype(np.int16)), (label_path, self.label.astype(np.uint8))):
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".nii.gz")
-            os.close(fd)
             img = nib.Nifti1Image(data, self.affine)
             img.set_qform(self.affine, code=1)
             img.set_sform(self.affine, code=1)
-            nib.save(img, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path, suffix=".nii.gz") as tmp:
+                nib.save(img, str(tmp))
 
 
 def _wobble(rng: np.random.Generator, unit: np.ndarray, amplitude: float) -> np.ndarray:
@@ -205,7 +209,9 @@ def make_phantom(
         else:
             start, end, radius, hu, spread = _TUBES[name]
             jitter = rng.uniform(-6, 6, size=3)
-            mask = _tube(points, np.asarray(start) * scale + jitter, np.asarray(end) * scale + jitter, radius * rng.uniform(0.85, 1.15), rng)
+            mask = _tube(
+                points, np.asarray(start) * scale + jitter, np.asarray(end) * scale + jitter, radius * rng.uniform(0.85, 1.15), rng
+            )
         mask &= body_r <= 0.86
         label[mask] = _IDS[name]
         image[mask] = hu + rng.normal(0, spread)
@@ -260,8 +266,14 @@ def make_phantom_dataset(
     if not 0.0 <= drop_fraction < 1.0:
         raise ValueError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
     out_dir = Path(out_dir)
-    params = {"num_train": num_train, "num_test": num_test, "seed": seed, "drop_fraction": drop_fraction,
-              "max_rotation_deg": max_rotation_deg, **{k: list(v) if isinstance(v, tuple) else v for k, v in phantom_kwargs.items()}}
+    params = {
+        "num_train": num_train,
+        "num_test": num_test,
+        "seed": seed,
+        "drop_fraction": drop_fraction,
+        "max_rotation_deg": max_rotation_deg,
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in phantom_kwargs.items()},
+    }
     manifest = out_dir / "dataset.json"
     if manifest.exists():
         try:
@@ -307,8 +319,4 @@ def make_phantom_dataset(
         "test": test,
         "generator": {"textseg_version": __version__, "params": params},
     }
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(dataset, f, indent=2)
-    os.replace(tmp, manifest)
-    return manifest
+    return write_atomic(manifest, json.dumps(dataset, indent=2))

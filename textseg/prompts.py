@@ -54,19 +54,38 @@ _RELATION = re.compile(
     rf"in\s+front\s+of|anterior\s+to|behind|posterior\s+to))\s+(?:the\s+)?(.+)$"
 )
 _RELATION_NAMES = {
-    "left": "left_of", "right": "right_of", "above": "above", "superior to": "above", "below": "below",
-    "inferior to": "below", "in front of": "anterior_to", "anterior to": "anterior_to", "behind": "posterior_to",
+    "left": "left_of",
+    "right": "right_of",
+    "above": "above",
+    "superior to": "above",
+    "below": "below",
+    "inferior to": "below",
+    "in front of": "anterior_to",
+    "anterior to": "anterior_to",
+    "behind": "posterior_to",
     "posterior to": "posterior_to",
 }
 # unit vector of each relation in RAS+ world coordinates (x: patient's right, y: anterior, z: superior)
 _DIRECTIONS = {
-    "left_of": (-1.0, 0.0, 0.0), "right_of": (1.0, 0.0, 0.0), "anterior_to": (0.0, 1.0, 0.0),
-    "posterior_to": (0.0, -1.0, 0.0), "above": (0.0, 0.0, 1.0), "below": (0.0, 0.0, -1.0),
+    "left_of": (-1.0, 0.0, 0.0),
+    "right_of": (1.0, 0.0, 0.0),
+    "anterior_to": (0.0, 1.0, 0.0),
+    "posterior_to": (0.0, -1.0, 0.0),
+    "above": (0.0, 0.0, 1.0),
+    "below": (0.0, 0.0, -1.0),
 }
 _REGIONS = {  # region -> (axis, sign) halves relative to the centre of the segmented structures
-    "upper abdomen": ((2, 1.0),), "lower abdomen": ((2, -1.0),), "abdomen": (), "body": (),
-    "left side": ((0, -1.0),), "right side": ((0, 1.0),), "left": ((0, -1.0),), "right": ((0, 1.0),),
-    "upper body": ((2, 1.0),), "lower body": ((2, -1.0),), "pelvis": ((2, -1.0),),
+    "upper abdomen": ((2, 1.0),),
+    "lower abdomen": ((2, -1.0),),
+    "abdomen": (),
+    "body": (),
+    "left side": ((0, -1.0),),
+    "right side": ((0, 1.0),),
+    "left": ((0, -1.0),),
+    "right": ((0, 1.0),),
+    "upper body": ((2, 1.0),),
+    "lower body": ((2, -1.0),),
+    "pelvis": ((2, -1.0),),
 }
 MIN_OFFSET_MM = 10.0
 """A structure is 'left of' another when its centroid is at least this much further to the patient's left."""
@@ -250,7 +269,11 @@ class PromptResolver:
         names, scores = scored
         order = np.argsort(-scores)
         best = names[order[0]]
-        runner_up = next(float(scores[i]) for i in order[1:] if self.vocabulary[names[i]].base is None or self.vocabulary[names[i]].base != self.vocabulary[best].base)
+        runner_up = next(
+            float(scores[i])
+            for i in order[1:]
+            if self.vocabulary[names[i]].base is None or self.vocabulary[names[i]].base != self.vocabulary[best].base
+        )
         if scores[order[0]] < self.similarity_threshold or scores[order[0]] - runner_up < self.similarity_margin:
             return None
         structure = self.vocabulary[best]
@@ -415,7 +438,11 @@ def select_by_query(
         pick = max if query.kind != "smallest" else min
         best = pick(pool, key=lambda n: volumes[n])
         where = f" in the {query.region}" if query.region else ""
-        return best, f"{query.kind if query.kind != 'quadrant' else 'largest'} {query.category or 'structure'}{where}: {best} ({volumes[best]:.0f} ml)"
+        return (
+            best,
+            f"{query.kind if query.kind != 'quadrant' else 'largest'} {query.category or 'structure'}{where}: "
+            f"{best} ({volumes[best]:.0f} ml)",
+        )
     if query.kind == "relation":
         if query.reference not in centroids:
             raise PromptError(f"the reference {query.reference} was not found in the image.")
@@ -423,7 +450,9 @@ def select_by_query(
         offsets = {n: centroids[n] - centroids[query.reference] for n in candidates}
         pool = [n for n in candidates if offsets[n] @ direction >= MIN_OFFSET_MM]
         if not pool:
-            raise PromptError(f"no segmented {query.category or 'structure'} lies {query.relation.replace('_', ' ')} the {query.reference}.")
+            raise PromptError(
+                f"no segmented {query.category or 'structure'} lies {query.relation.replace('_', ' ')} the {query.reference}."
+            )
         best = min(pool, key=lambda n: float(np.linalg.norm(offsets[n])))
         return best, f"nearest {query.category or 'structure'} {query.relation.replace('_', ' ')} the {query.reference}: {best}"
     raise PromptError(f"unknown query kind {query.kind!r}")

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from textseg.canonical import rotation_matrix
+from textseg.files import atomic_path
 
 __all__ = [
     "BENCHMARK_ROTATIONS",
@@ -47,7 +48,11 @@ BENCHMARK_ROTATIONS: dict[str, tuple[float, float, float]] = {
 
 
 def rotate_volume(
-    volume: np.ndarray, affine: np.ndarray, angles_deg: Sequence[float], order: int = 1, pad_value: float = -1024.0,
+    volume: np.ndarray,
+    affine: np.ndarray,
+    angles_deg: Sequence[float],
+    order: int = 1,
+    pad_value: float = -1024.0,
     centre: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Rotate a volume's content in world space about ``centre`` (default: the grid centre), on the same grid.
@@ -71,8 +76,15 @@ def rotate_volume(
     world_back[:3, :3] = rotation_matrix(angles_deg).T
     world_back[:3, 3] = centre - rotation_matrix(angles_deg).T @ centre
     mapping = np.linalg.inv(affine) @ world_back @ affine  # new voxel -> old voxel
-    out = ndimage.affine_transform(volume.astype(np.float32) if order > 0 else volume, mapping[:3, :3], offset=mapping[:3, 3],
-                                   output_shape=volume.shape, order=order, mode="constant", cval=pad_value)
+    out = ndimage.affine_transform(
+        volume.astype(np.float32) if order > 0 else volume,
+        mapping[:3, :3],
+        offset=mapping[:3, 3],
+        output_shape=volume.shape,
+        order=order,
+        mode="constant",
+        cval=pad_value,
+    )
     return out.astype(volume.dtype, copy=False)
 
 
@@ -144,9 +156,16 @@ def segment_cases(
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    run_bundle(bundle_dir, configs, workflow_type="infer", datalist=[{"image": str(Path(c["image"]).resolve())} for c in cases],
-               prompt=prompt, output_dir=str(output_dir.resolve()), ckpt_path=str(Path(checkpoint).resolve()),
-               **{"ct_transforms#canonicalize": bool(canonicalize)})
+    run_bundle(
+        bundle_dir,
+        configs,
+        workflow_type="infer",
+        datalist=[{"image": str(Path(c["image"]).resolve())} for c in cases],
+        prompt=prompt,
+        output_dir=str(output_dir.resolve()),
+        ckpt_path=str(Path(checkpoint).resolve()),
+        **{"ct_transforms#canonicalize": bool(canonicalize)},
+    )
     outputs = {}
     for case in cases:
         stem = Path(case["image"]).name.removesuffix(".nii.gz")
@@ -208,8 +227,9 @@ def run_rotation_benchmark(
     predictions, mode_seconds = {}, {}
     for mode, canonical in (("affine only", False), ("canonicalized", True)):
         tick = time.time()
-        predictions[mode] = segment_cases(cases, checkpoint, work_dir / ("canonical" if canonical else "plain"), canonical, prompt,
-                                          bundle_dir, configs)
+        predictions[mode] = segment_cases(
+            cases, checkpoint, work_dir / ("canonical" if canonical else "plain"), canonical, prompt, bundle_dir, configs
+        )
         mode_seconds[mode] = round(time.time() - tick, 1)
     ct_reference = None
     for case in cases:
@@ -229,12 +249,26 @@ def run_rotation_benchmark(
             if pred.shape != next(iter(reference.values())).shape:
                 raise RuntimeError(f"{case['image']}: prediction shape {pred.shape} is not the image's.")
             for name, ref in reference.items():
-                rows.append({"source": case["source"], "rotation": case["rotation"], "mode": mode, "structure": name,
-                             "dice": _dice(pred == vocabulary[name].id, ref)})
-    return {"rows": rows, "summary": summarize(rows, list(rotations)), "seconds": round(time.time() - started, 1),
-            "inference_seconds": mode_seconds, "images": len(cases),
-            "checkpoint": str(checkpoint), "seeds": list(seeds), "rotations": {k: list(v) for k, v in rotations.items()},
-            "real_ct": str(real_ct) if real_ct else None}
+                rows.append(
+                    {
+                        "source": case["source"],
+                        "rotation": case["rotation"],
+                        "mode": mode,
+                        "structure": name,
+                        "dice": _dice(pred == vocabulary[name].id, ref),
+                    }
+                )
+    return {
+        "rows": rows,
+        "summary": summarize(rows, list(rotations)),
+        "seconds": round(time.time() - started, 1),
+        "inference_seconds": mode_seconds,
+        "images": len(cases),
+        "checkpoint": str(checkpoint),
+        "seeds": list(seeds),
+        "rotations": {k: list(v) for k, v in rotations.items()},
+        "real_ct": str(real_ct) if real_ct else None,
+    }
 
 
 def summarize(rows: Sequence[Mapping], rotation_order: Sequence[str]) -> list[dict]:
@@ -245,15 +279,28 @@ def summarize(rows: Sequence[Mapping], rotation_order: Sequence[str]) -> list[di
         for mode in ("affine only", "canonicalized"):
             means = {}
             for rotation in rotation_order:
-                values = [r["dice"] for r in rows if r["mode"] == mode and r["rotation"] == rotation
-                          and (r["source"].startswith("phantom") if kind == "phantom" else r["source"] == kind)
-                          and not math.isnan(r["dice"])]
+                values = [
+                    r["dice"]
+                    for r in rows
+                    if r["mode"] == mode
+                    and r["rotation"] == rotation
+                    and (r["source"].startswith("phantom") if kind == "phantom" else r["source"] == kind)
+                    and not math.isnan(r["dice"])
+                ]
                 means[rotation] = float(np.mean(values)) if values else float("nan")
             base = means[rotation_order[0]]
             for rotation in rotation_order:
                 ratio = means[rotation] / base if base else float("nan")
-                summary.append({"data": kind, "mode": mode, "rotation": rotation, "dice": means[rotation], "ratio": ratio,
-                                "drop_percent": 100.0 * (1.0 - ratio)})
+                summary.append(
+                    {
+                        "data": kind,
+                        "mode": mode,
+                        "rotation": rotation,
+                        "dice": means[rotation],
+                        "ratio": ratio,
+                        "drop_percent": 100.0 * (1.0 - ratio),
+                    }
+                )
     return summary
 
 
@@ -274,16 +321,21 @@ def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from textseg.metrics import write_atomic
+    from textseg.files import write_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "rotation_benchmark.json", "markdown": out_dir / "rotation_benchmark.md",
-             "png": out_dir / "rotation_benchmark.png"}
+    paths = {
+        "json": out_dir / "rotation_benchmark.json",
+        "markdown": out_dir / "rotation_benchmark.md",
+        "png": out_dir / "rotation_benchmark.png",
+    }
     write_atomic(paths["json"], json.dumps(result, indent=2))
     table = markdown_table(result["summary"])
-    note = ("Mean Dice over structures and cases (ratio to the unrotated Dice of the same mode). Phantoms: against the "
-            "ground truth; real CT: against the model's own prediction on the unrotated scan.\n")
+    note = (
+        "Mean Dice over structures and cases (ratio to the unrotated Dice of the same mode). Phantoms: against the "
+        "ground truth; real CT: against the model's own prediction on the unrotated scan.\n"
+    )
     write_atomic(paths["markdown"], note + "\n" + table + "\n")
     kinds = list(dict.fromkeys(s["data"] for s in result["summary"]))
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
@@ -299,8 +351,7 @@ def write_report(result: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]
         ax.set_title(f"{kind}: rotation robustness")
         ax.legend(loc="upper center", ncol=2, fontsize=8)
     fig.tight_layout()
-    tmp = paths["png"].with_name(".tmp-" + paths["png"].name)
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(paths["png"]) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, paths["png"])
     return paths

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, read_config_value, run_bundle
-from textseg.metrics import write_atomic
+from textseg.files import write_atomic
 from textseg.prompts import prompt_structures, resolve
 from textseg.visualize import overlay_png
 from textseg.vocabulary import load_vocabulary
@@ -119,13 +119,26 @@ def segment(
             mask.set_data_dtype(np.uint8)
             nib.save(mask, str(mask_dir / f"{row['name']}.nii.gz"))
             masks[row["name"]] = output_dir / f"{case}_masks" / f"{row['name']}.nii.gz"
-        volumes = {row["name"]: float((label_data == row["id"]).sum() * abs(np.linalg.det(label_img.affine[:3, :3])) / 1000.0) for row in labels}
-        report = {"image": str(image), "prompt": prompt, "targets": targets, "labels": labels, "volume_ml": volumes,
-                  "resolution": resolution.to_dict()}
+        volumes = {
+            row["name"]: float((label_data == row["id"]).sum() * abs(np.linalg.det(label_img.affine[:3, :3])) / 1000.0) for row in labels
+        }
+        report = {
+            "image": str(image),
+            "prompt": prompt,
+            "targets": targets,
+            "labels": labels,
+            "volume_ml": volumes,
+            "resolution": resolution.to_dict(),
+        }
         write_atomic(Path(work) / f"{case}_labels.json", json.dumps(report, indent=2))
         if overlay:
-            overlay_png(image if image.is_file() and image.name.endswith((".nii", ".nii.gz")) else _as_nifti(image, label_img, work),
-                        written[0], labels, Path(work) / f"{case}_overlay.png", title=prompt)
+            overlay_png(
+                image if image.is_file() and image.name.endswith((".nii", ".nii.gz")) else _as_nifti(image, label_img, work),
+                written[0],
+                labels,
+                Path(work) / f"{case}_overlay.png",
+                title=prompt,
+            )
         # move into place: replace file by file, folders last
         final_label = output_dir / f"{case}_seg.nii.gz"
         os.replace(written[0], final_label)

@@ -351,8 +351,16 @@ class CorrectiveClickTraining(Randomizable):
         seed: seed of the draws (which iterations, how many clicks).
     """
 
-    def __init__(self, probability: float = 0.5, max_clicks: int = 2, guidance_key: str = "guidance", label_key: str = "label",
-                 sigma: float = 2.0, threshold: float = 0.5, seed: int = 0) -> None:
+    def __init__(
+        self,
+        probability: float = 0.5,
+        max_clicks: int = 2,
+        guidance_key: str = "guidance",
+        label_key: str = "label",
+        sigma: float = 2.0,
+        threshold: float = 0.5,
+        seed: int = 0,
+    ) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"probability must be in [0, 1], got {probability}.")
         if max_clicks < 1:
@@ -374,8 +382,14 @@ class CorrectiveClickTraining(Randomizable):
         if self.guidance_key not in batchdata:
             raise KeyError(f"the batch has no {self.guidance_key!r}: put RandSpatialPromptsd in the training transforms.")
         guidance, targets = batchdata[self.guidance_key], torch.as_tensor(batchdata[self.label_key])
-        if tuple(logits.shape) != tuple(targets.shape) or tuple(guidance.shape) != (*targets.shape[:2], len(GUIDANCE_CHANNELS), *targets.shape[2:]):
-            raise ValueError(f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and guidance {tuple(guidance.shape)} do not fit.")
+        if tuple(logits.shape) != tuple(targets.shape) or tuple(guidance.shape) != (
+            *targets.shape[:2],
+            len(GUIDANCE_CHANNELS),
+            *targets.shape[2:],
+        ):
+            raise ValueError(
+                f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and guidance {tuple(guidance.shape)} do not fit."
+            )
         predictions = (logits.detach() > self.logit_threshold).cpu().numpy()
         targets = targets.detach().cpu().numpy()
         added = 0
@@ -398,17 +412,23 @@ class CorrectiveClickTraining(Randomizable):
             network = engine.network
             network.eval()
             try:
-                with torch.no_grad(), torch.autocast(device_type=torch.device(engine.state.device).type, enabled=bool(getattr(engine, "amp", False))):
+                with (
+                    torch.no_grad(),
+                    torch.autocast(device_type=torch.device(engine.state.device).type, enabled=bool(getattr(engine, "amp", False))),
+                ):
                     for _ in range(self._rounds):
-                        inputs, _, args, kwargs = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+                        inputs, _, args, kwargs = engine.prepare_batch(
+                            batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
+                        )
                         self.add_corrective_clicks(batchdata, engine.inferer(inputs, network, *args, **kwargs).float())
             finally:
                 network.train()
         return engine._iteration(engine, batchdata)
 
 
-def infer_with_guidance(inferer: Inferer, inputs: torch.Tensor, network: Callable[..., torch.Tensor], guidance: torch.Tensor | None,
-                        *args: Any, **kwargs: Any) -> torch.Tensor:
+def infer_with_guidance(
+    inferer: Inferer, inputs: torch.Tensor, network: Callable[..., torch.Tensor], guidance: torch.Tensor | None, *args: Any, **kwargs: Any
+) -> torch.Tensor:
     """Run any MONAI inferer that cuts the input into windows (``SlidingWindowInferer``, ``SimpleInferer``) with
     per-prompt guidance cut from the same place.
 
@@ -432,7 +452,9 @@ def infer_with_guidance(inferer: Inferer, inputs: torch.Tensor, network: Callabl
     if guidance.ndim != inputs.ndim + 1 or guidance.shape[0] != batch or tuple(guidance.shape[3:]) != spatial:
         raise ValueError(f"guidance must have shape [{batch}, K, 3, {', '.join(map(str, spatial))}], got {tuple(guidance.shape)}.")
     num_prompts, guidance_channels = guidance.shape[1], guidance.shape[2]
-    stacked = torch.cat([torch.as_tensor(inputs), guidance.to(device=inputs.device, dtype=inputs.dtype).reshape(batch, -1, *spatial)], dim=1)
+    stacked = torch.cat(
+        [torch.as_tensor(inputs), guidance.to(device=inputs.device, dtype=inputs.dtype).reshape(batch, -1, *spatial)], dim=1
+    )
 
     def predictor(window: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
         window_guidance = window[:, channels:].reshape(window.shape[0], num_prompts, guidance_channels, *window.shape[2:])
@@ -450,12 +472,19 @@ class GuidedSlidingWindowInferer(SlidingWindowInferer):
     window (see :func:`infer_with_guidance`). Takes every ``SlidingWindowInferer`` argument.
     """
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, guidance: torch.Tensor | None = None,
-                 **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, guidance: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         if guidance is None:
             return super().__call__(inputs, network, *args, **kwargs)
-        return infer_with_guidance(lambda x, net, *a, **kw: super(GuidedSlidingWindowInferer, self).__call__(x, net, *a, **kw),
-                                   inputs, network, guidance, *args, **kwargs)
+        return infer_with_guidance(
+            lambda x, net, *a, **kw: super(GuidedSlidingWindowInferer, self).__call__(x, net, *a, **kw),
+            inputs,
+            network,
+            guidance,
+            *args,
+            **kwargs,
+        )
 
 
 class PrepareBatchGuidance(PrepareBatchExtraInput):
@@ -475,16 +504,18 @@ class PrepareBatchGuidance(PrepareBatchExtraInput):
         super().__init__(dict(extra_keys))
         self.guidance_key = guidance_key
 
-    def __call__(self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False,
-                 **kwargs: Any):
+    def __call__(
+        self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+    ):
         image, label, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
         if self.guidance_key in batchdata:
             extra = {**extra, "guidance": torch.as_tensor(batchdata[self.guidance_key]).to(device=device, non_blocking=non_blocking)}
         return image, label, args, extra
 
 
-def points_to_grid(points: Sequence[Sequence[float]], source_affine: np.ndarray | torch.Tensor,
-                   target_affine: np.ndarray | torch.Tensor) -> list[tuple[float, ...]]:
+def points_to_grid(
+    points: Sequence[Sequence[float]], source_affine: np.ndarray | torch.Tensor, target_affine: np.ndarray | torch.Tensor
+) -> list[tuple[float, ...]]:
     """Map voxel coordinates from one grid to another through world space (``target⁻¹ · source``).
 
     For clicks given on the original image (MONAI Label's ``foreground``/``background``, voxel indices of the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -13,14 +12,16 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import (
-    Randomizable,
     EnsureTyped,
     LoadImaged,
     MapTransform,
     Orientationd,
+    Randomizable,
     ScaleIntensityRanged,
     Spacingd,
 )
+
+from textseg.files import atomic_path
 
 __all__ = [
     "IGNORE_CHANNEL",
@@ -158,15 +159,22 @@ class CheckCTd(MapTransform):
         stats = f"{self.low_percentile:g}th percentile {low:.4g}, {self.high_percentile:g}th percentile {high:.4g}"
         if low > self.air_hu:
             if low >= 0.0:
-                kind = ("values within [0, 1] as in an intensity-normalised image" if high <= 1.0 else
-                        "non-negative values as in MR, or a CT stored without its rescale intercept")
+                kind = (
+                    "values within [0, 1] as in an intensity-normalised image"
+                    if high <= 1.0
+                    else "non-negative values as in MR, or a CT stored without its rescale intercept"
+                )
             else:
                 kind = "no air"
-            return (f"intensities are not Hounsfield units of a CT ({kind}: a CT has air near -1000 HU, but fewer than "
-                    f"{self.low_percentile:g}% of the voxels are at or below {self.air_hu:g}; {stats})")
+            return (
+                f"intensities are not Hounsfield units of a CT ({kind}: a CT has air near -1000 HU, but fewer than "
+                f"{self.low_percentile:g}% of the voxels are at or below {self.air_hu:g}; {stats})"
+            )
         if high <= self.tissue_hu:
-            return (f"intensities are not Hounsfield units of a CT (no tissue: fewer than {100 - self.high_percentile:g}% "
-                    f"of the voxels are above {self.tissue_hu:g} HU; {stats})")
+            return (
+                f"intensities are not Hounsfield units of a CT (no tissue: fewer than {100 - self.high_percentile:g}% "
+                f"of the voxels are above {self.tissue_hu:g} HU; {stats})"
+            )
         return None
 
     def __call__(self, data: Mapping) -> dict:
@@ -185,8 +193,9 @@ class CheckCTd(MapTransform):
             message = f"{name}: {problem}; {_NON_CT_HINT}"
             if not self.allow_non_ct:
                 raise ValueError(message)
-            warnings.warn(f"{name}: {problem}; running anyway (allow_non_ct=True): results on non-CT input are unreliable.",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{name}: {problem}; running anyway (allow_non_ct=True): results on non-CT input are unreliable.", UserWarning, stacklevel=2
+            )
         return d
 
 
@@ -233,8 +242,11 @@ def ct_transforms(
     if canonicalize:
         from textseg.canonical import CanonicalizeRotationd
 
-        chain.append(CanonicalizeRotationd(keys=all_keys, mode=modes, pad_value=[-1024.0] * len(keys) + ([0.0] if label_key else []),
-                                           **dict(canonical_kwargs or {})))
+        chain.append(
+            CanonicalizeRotationd(
+                keys=all_keys, mode=modes, pad_value=[-1024.0] * len(keys) + ([0.0] if label_key else []), **dict(canonical_kwargs or {})
+            )
+        )
     chain.append(ScaleIntensityRanged(keys=keys, a_min=hu_range[0], a_max=hu_range[1], b_min=0.0, b_max=1.0, clip=True))
     return chain
 
@@ -334,7 +346,9 @@ class SamplePromptsd(Randomizable, MapTransform):
         negative_fraction: share of negatives among the kept prompts, in [0, 1].
     """
 
-    def __init__(self, label_key: str = "label", embedding_key: str = "text_embedding", num_prompts: int = 8, negative_fraction: float = 0.25):
+    def __init__(
+        self, label_key: str = "label", embedding_key: str = "text_embedding", num_prompts: int = 8, negative_fraction: float = 0.25
+    ):
         MapTransform.__init__(self, keys=[label_key, embedding_key])
         if num_prompts < 1:
             raise ValueError(f"num_prompts must be at least 1, got {num_prompts}.")
@@ -423,7 +437,11 @@ class ProbabilitiesToLabelMapd(MapTransform):
                 raise ValueError(f"{key}: {probs.shape[0]} probability channels for {len(self.label_ids)} label ids.")
             best, index = torch.as_tensor(probs).max(dim=0, keepdim=True)
             labels = torch.where(best >= self.threshold, self.label_ids.to(index.device)[index], torch.zeros_like(index, dtype=torch.int16))
-            d[key] = MetaTensor(labels, meta=probs.meta, applied_operations=probs.applied_operations) if isinstance(probs, MetaTensor) else labels
+            d[key] = (
+                MetaTensor(labels, meta=probs.meta, applied_operations=probs.applied_operations)
+                if isinstance(probs, MetaTensor)
+                else labels
+            )
         return d
 
 
@@ -432,18 +450,8 @@ class AtomicNibabelWriter(NibabelWriter):
     leaves a half-written NIfTI in place of an earlier result."""
 
     def write(self, filename, verbose: bool = False, **obj_kwargs):
-        target = Path(filename)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        suffix = "".join(target.suffixes) or ".nii.gz"
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=suffix)
-        os.close(fd)
-        try:
-            super().write(tmp, verbose=verbose, **obj_kwargs)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
+        with atomic_path(filename, suffix="".join(Path(filename).suffixes) or ".nii.gz") as tmp:
+            super().write(str(tmp), verbose=verbose, **obj_kwargs)
 
 
 class AnswerPromptd(MapTransform):
@@ -464,8 +472,8 @@ class AnswerPromptd(MapTransform):
         self.prompt = prompt
 
     def __call__(self, data: Mapping) -> dict:
-        from textseg.prompts import resolve, select_by_query
         from textseg.canonical import patient_frame_affine
+        from textseg.prompts import resolve, select_by_query
         from textseg.vocabulary import load_vocabulary
 
         resolution = resolve(self.prompt)

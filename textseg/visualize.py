@@ -9,6 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from textseg.files import atomic_path
+
 __all__ = ["overlay_png"]
 
 
@@ -54,6 +56,7 @@ def overlay_png(
     for row in labels:
         colours[row["id"], :3] = np.asarray(row["color"], dtype=np.float32) / 255.0
         colours[row["id"], 3] = alpha
+
     def best_slice(axis: int) -> int:
         """The slice showing the most structures (then the most labelled voxels); the middle if none."""
         moved = np.moveaxis(seg, axis, 0).reshape(seg.shape[axis], -1)
@@ -81,10 +84,7 @@ def overlay_png(
         fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".tmp-{output.name}")
-    fig.savefig(tmp, dpi=100, format="png")
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, output)
-    return output
+    return Path(output)

@@ -37,8 +37,20 @@ DEFAULT_VOCABULARY_PATH = Path(__file__).parent / "data" / "vocabulary.yaml"
 """The packaged vocabulary file."""
 
 SIDE_WORDS = {
-    "left": "left", "l": "left", "lt": "left", "sinistral": "left", "sinister": "left", "sin": "left", "leftsided": "left",
-    "right": "right", "r": "right", "rt": "right", "dextral": "right", "dexter": "right", "dx": "right", "rightsided": "right",
+    "left": "left",
+    "l": "left",
+    "lt": "left",
+    "sinistral": "left",
+    "sinister": "left",
+    "sin": "left",
+    "leftsided": "left",
+    "right": "right",
+    "r": "right",
+    "rt": "right",
+    "dextral": "right",
+    "dexter": "right",
+    "dx": "right",
+    "rightsided": "right",
 }
 """Words naming a side (after :func:`normalize`) -> ``"left"`` or ``"right"``."""
 BOTH_WORDS = {"both", "bilateral", "bilat", "all", "each"}

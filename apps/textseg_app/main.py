@@ -6,7 +6,8 @@ Start with the stock CLI (from the repository root)::
         --conf models text_prompt,all_structures --host 127.0.0.1
 
 ``--conf`` keys: ``models`` (``all`` or a comma list of lib/configs names), ``bundle``, ``bundle_overlay``
-(``real_ct``: the shipped real-CT model, default | ``tiny``: the phantom model | ``none`` | config names), ``checkpoint``, ``device`` (``auto`` | ``cpu`` | ``cuda``); active learning:
+(``real_ct``: the shipped real-CT model, default | ``tiny``: the phantom model | ``none`` | config names),
+``checkpoint``, ``device`` (``auto`` | ``cpu`` | ``cuda``); active learning:
 ``active_learning_strategy`` (default strategy, ``clasp_pe``), ``active_learning_patch_size``, ``active_learning_rounds``,
 ``mc_dropout_samples``, ``mc_dropout_rate``, ``active_learning_seed`` (see ``lib/settings.py``).
 """
@@ -29,18 +30,17 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
-import textseg
-from textseg.active_learning import STRATEGIES, get_strategy
-from textseg.app_support import check_image_id
-from textseg.segment import check_image_path
-from textseg.vocabulary import UnknownStructureError
-
 import lib.configs
 import lib.patches
+import textseg
 from lib.activelearning import TextsegStrategy, UncertaintyScoring
 from lib.datastore import TextsegDICOMWebDatastore, VersionedLocalDatastore
 from lib.infers import TextPromptInferTask
 from lib.settings import AppSettings
+from textseg.active_learning import STRATEGIES, get_strategy
+from textseg.app_support import check_image_id
+from textseg.segment import check_image_path
+from textseg.vocabulary import UnknownStructureError
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +68,18 @@ class TextSegApp(MONAILabelApp):
             self.models[name] = config
         if not self.settings.checkpoint.exists():
             logger.error("textseg app: " + self.settings.missing_checkpoint_message() + " Until then /infer answers 503.")
-        logger.info(f"textseg app: models {names}, bundle {self.settings.bundle_dir} {self.settings.configs}, "
-                    f"checkpoint {self.settings.checkpoint}, device {self.settings.device}")
+        logger.info(
+            f"textseg app: models {names}, bundle {self.settings.bundle_dir} {self.settings.configs}, "
+            f"checkpoint {self.settings.checkpoint}, device {self.settings.device}"
+        )
         super().__init__(
             app_dir=app_dir,
             studies=studies,
             conf=conf,
             name=f"textseg - text-prompted CT segmentation (textseg {textseg.__version__}, MONAI Label {monailabel.__version__})",
-            description="Type what to segment ('segment the liver and kidneys'); label names, ids and colours come from the textseg vocabulary.",
+            description=(
+                "Type what to segment ('segment the liver and kidneys'); label names, ids and colours come from the textseg vocabulary."
+            ),
             version=textseg.__version__,
         )
 
@@ -116,8 +120,11 @@ class TextSegApp(MONAILabelApp):
         except ValueError as e:
             raise HTTPException(status_code=404, detail=f"{e} Served here: default, {', '.join(self._strategies)}.") from e
         if strategy not in self._strategies:
-            raise HTTPException(status_code=404, detail=f"strategy {strategy!r} is not served (BALD needs --conf mc_dropout_samples >= 2); "
-                                                        f"served: default, {', '.join(self._strategies)}.")
+            raise HTTPException(
+                status_code=404,
+                detail=f"strategy {strategy!r} is not served (BALD needs --conf mc_dropout_samples >= 2); "
+                f"served: default, {', '.join(self._strategies)}.",
+            )
         try:
             return super().next_sample({**request, "strategy": strategy})
         except ValueError as e:
@@ -127,17 +134,30 @@ class TextSegApp(MONAILabelApp):
         allowed = self._class_ids()
         if self.studies.startswith(("http://", "https://")):
             self.studies = self.studies.rstrip("/").strip()
-            client = DICOMwebClientX(url=self.studies, session=None, qido_url_prefix=ml_settings.MONAI_LABEL_QIDO_PREFIX,
-                                     wado_url_prefix=ml_settings.MONAI_LABEL_WADO_PREFIX,
-                                     stow_url_prefix=ml_settings.MONAI_LABEL_STOW_PREFIX)
+            client = DICOMwebClientX(
+                url=self.studies,
+                session=None,
+                qido_url_prefix=ml_settings.MONAI_LABEL_QIDO_PREFIX,
+                wado_url_prefix=ml_settings.MONAI_LABEL_WADO_PREFIX,
+                stow_url_prefix=ml_settings.MONAI_LABEL_STOW_PREFIX,
+            )
             self._download_dcmqi_tools()  # a no-op when dcmqi's itkimage2segimage is installed (pip: dcmqi)
             cache = (ml_settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or ml_settings.MONAI_LABEL_DATASTORE_CACHE_PATH or "").strip()
-            return TextsegDICOMWebDatastore(client=client, search_filter=ml_settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
-                                            cache_path=cache or None, fetch_by_frame=ml_settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
-                                            convert_to_nifti=True, allowed_ids=allowed)
-        return VersionedLocalDatastore(self.studies, allowed_ids=allowed, extensions=ml_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
-                                       auto_reload=ml_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-                                       read_only=ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+            return TextsegDICOMWebDatastore(
+                client=client,
+                search_filter=ml_settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+                cache_path=cache or None,
+                fetch_by_frame=ml_settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+                convert_to_nifti=True,
+                allowed_ids=allowed,
+            )
+        return VersionedLocalDatastore(
+            self.studies,
+            allowed_ids=allowed,
+            extensions=ml_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=ml_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
 
     def _class_ids(self) -> list[int]:
         from textseg.bundle import read_config_value

@@ -14,13 +14,33 @@ import textseg.active_learning.simulation as simulation
 from textseg.active_learning import enable_mc_dropout, predict_probs, score_image
 from textseg.active_learning.simulation import SimulationConfig, aubc, foreground_efficiency, report_finished, run_simulation
 
-TINY_NET = {"feature_size": 12, "window_size": 4, "head_channels": 8, "conditioned_stages": [2, 3], "depths": [1, 1, 1, 1], "drop_rate": 0.1}
+TINY_NET = {
+    "feature_size": 12,
+    "window_size": 4,
+    "head_channels": 8,
+    "conditioned_stages": [2, 3],
+    "depths": [1, 1, 1, 1],
+    "drop_rate": 0.1,
+}
 
 
 def tiny_config(out, **kw) -> SimulationConfig:
-    settings = dict(output_dir=str(out), strategies=("random", "clasp_pe"), seeds=(0,), pool_size=2, test_size=1,
-                    class_names=("liver", "kidney_left", "gallbladder"), start_budget=4, budget=2, rounds=2,
-                    start_iterations=2, iterations=1, text_encoder="random", network=dict(TINY_NET), mc_samples=2)
+    settings = dict(
+        output_dir=str(out),
+        strategies=("random", "clasp_pe"),
+        seeds=(0,),
+        pool_size=2,
+        test_size=1,
+        class_names=("liver", "kidney_left", "gallbladder"),
+        start_budget=4,
+        budget=2,
+        rounds=2,
+        start_iterations=2,
+        iterations=1,
+        text_encoder="random",
+        network=dict(TINY_NET),
+        mc_samples=2,
+    )
     settings.update(kw)
     return SimulationConfig(**settings)
 
@@ -112,7 +132,12 @@ def test_bad_settings_fail_before_any_work(tmp_path, change, message):
 
 @pytest.mark.parametrize(
     "dice,x,expected",
-    [([0.4, 0.4, 0.4], None, 0.4), ([0.0, 0.5, 1.0], None, 0.5), ([0.0, 1.0], [10, 30], 0.5), ([0.2, 0.6, 0.6], [0, 1, 3], (0.4 + 2 * 0.6) / 3)],
+    [
+        ([0.4, 0.4, 0.4], None, 0.4),
+        ([0.0, 0.5, 1.0], None, 0.5),
+        ([0.0, 1.0], [10, 30], 0.5),
+        ([0.2, 0.6, 0.6], [0, 1, 3], (0.4 + 2 * 0.6) / 3),
+    ],
 )
 def test_aubc_is_the_normalised_area(dice, x, expected):
     assert aubc(dice, x) == pytest.approx(expected)
@@ -161,8 +186,16 @@ def test_mc_dropout_enables_only_dropout_and_restores_modes():
 def test_score_image_suggests_the_uncertain_region(strategy):
     net = _UncertainBox()
     image = torch.rand(64, 64, 64)
-    result = score_image(net, image, torch.rand(3, 8), strategy=strategy, patch_size=(16, 16, 16), rng=0, num_rounds=3,
-                         mc_samples=None if strategy != "bald" else 2)
+    result = score_image(
+        net,
+        image,
+        torch.rand(3, 8),
+        strategy=strategy,
+        patch_size=(16, 16, 16),
+        rng=0,
+        num_rounds=3,
+        mc_samples=None if strategy != "bald" else 2,
+    )
     (x0, y0, z0), (x1, y1, z1) = result["patch_bbox"]
     assert (x1 - x0, y1 - y0, z1 - z0) == (16, 16, 16)
     assert set(result) >= {"score", "rank_score", "patch_bbox", "patch_score", "strategy"}

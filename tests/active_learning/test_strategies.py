@@ -34,8 +34,7 @@ def _categorical(sigmoids: torch.Tensor) -> torch.Tensor:
 
 
 def _ctx(probs: dict, patch=(16, 16, 16), **kw) -> QueryContext:
-    return QueryContext(shapes={i: tuple(p.shape[2:]) for i, p in probs.items()}, patch_size=patch,
-                        probs=lambda i: probs[i], **kw)
+    return QueryContext(shapes={i: tuple(p.shape[2:]) for i, p in probs.items()}, patch_size=patch, probs=lambda i: probs[i], **kw)
 
 
 # ------------------------------------------------------------------ probabilities and uncertainty
@@ -98,7 +97,7 @@ def test_patch_aggregation_is_the_mean_over_each_candidate(patch, stride):
     assert agg.shape == (2, *[len(s) for s in starts])
     for i, j, k in [(0, 0, 0), (-1, -1, -1), (len(starts[0]) // 2, 0, len(starts[2]) - 1)]:
         a, b, c = starts[0][i], starts[1][j], starts[2][k]
-        ref = x[:, a:a + patch[0], b:b + patch[1], c:c + patch[2]].mean(dim=(1, 2, 3))
+        ref = x[:, a : a + patch[0], b : b + patch[1], c : c + patch[2]].mean(dim=(1, 2, 3))
         assert torch.allclose(agg[:, i, j, k], ref, atol=1e-5)
 
 
@@ -161,8 +160,8 @@ def _imbalanced_pool(num_classes: int, absent: float = 1e-4):
     corners = [(48, 48, 48), (48, 4, 48), (4, 48, 48), (48, 48, 4), (48, 4, 4), (4, 48, 4)]
     for c in range(1, num_classes):
         x, y, z = corners[c - 1]
-        sig[c, x:x + 8, y:y + 8, z:z + 8] = 0.25
-        label[x:x + 8, y:y + 8, z:z + 8] = c + 1
+        sig[c, x : x + 8, y : y + 8, z : z + 8] = 0.25
+        label[x : x + 8, y : y + 8, z : z + 8] = c + 1
     return {"a": _categorical(sig)}, {"a": label}
 
 
@@ -204,7 +203,7 @@ def test_foreground_random_centres_patches_on_foreground_at_the_documented_rate(
     for i in range(4):
         label = np.zeros(SHAPE, dtype=np.uint8)
         for c, (x, y, z) in enumerate([(10, 10, 10), (30, 40, 20), (45, 15, 40)], start=1):
-            label[x:x + 10, y:y + 10, z:z + 10] = c
+            label[x : x + 10, y : y + 10, z : z + 10] = c
         labels[f"img{i}"] = label
     fg_fraction = np.mean([(lab > 0).mean() for lab in labels.values()])
     budget = 300
@@ -236,8 +235,9 @@ def test_queries_never_overlap_labelled_voxels_or_each_other(name):
 
 
 def test_foreground_random_without_any_foreground_falls_back_to_free_patches():
-    ctx = QueryContext(shapes={"a": SHAPE}, patch_size=(16, 16, 16), labels={"a": np.zeros(SHAPE, dtype=np.uint8)},
-                       rng=np.random.default_rng(0))
+    ctx = QueryContext(
+        shapes={"a": SHAPE}, patch_size=(16, 16, 16), labels={"a": np.zeros(SHAPE, dtype=np.uint8)}, rng=np.random.default_rng(0)
+    )
     chosen = foreground_random_query(ctx, 4, foreground_ratio=1.0)
     assert len(chosen) == 4 and len(set(chosen)) == 4
 
@@ -281,8 +281,16 @@ def test_unknown_strategy_names_list_the_known_ones(name):
         get_strategy(name)
 
 
-@pytest.mark.parametrize("alias,name", [("ClaSP-PE", "clasp_pe"), ("random-label", "random_label"), ("PowerBALD", "power_bald"),
-                                        ("mc_dropout", "bald"), ("ENTROPY", "entropy")])
+@pytest.mark.parametrize(
+    "alias,name",
+    [
+        ("ClaSP-PE", "clasp_pe"),
+        ("random-label", "random_label"),
+        ("PowerBALD", "power_bald"),
+        ("mc_dropout", "bald"),
+        ("ENTROPY", "entropy"),
+    ],
+)
 def test_aliases_from_the_papers(alias, name):
     assert get_strategy(alias).name == name
 

@@ -66,8 +66,13 @@ def app_interactive_checkpoint(trained_interactive_bundle, make_clicks_dominant,
 @pytest.fixture(scope="session")
 def app_server(start_app_server, app_studies, app_checkpoint, app_interactive_checkpoint, tmp_path_factory):
     """The textseg app serving the phantom studies (local datastore) with all three models."""
-    with start_app_server(app_studies["studies"], tmp_path_factory.mktemp("app-server"), models="text_prompt,all_structures,interactive",
-                          checkpoint=str(app_checkpoint), interactive_checkpoint=str(app_interactive_checkpoint)) as server:
+    with start_app_server(
+        app_studies["studies"],
+        tmp_path_factory.mktemp("app-server"),
+        models="text_prompt,all_structures,interactive",
+        checkpoint=str(app_checkpoint),
+        interactive_checkpoint=str(app_interactive_checkpoint),
+    ) as server:
         yield server
 
 

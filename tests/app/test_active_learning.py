@@ -40,9 +40,17 @@ def al_server(start_app_server, al_studies, trained_bundle, tmp_path_factory):
     work = tmp_path_factory.mktemp("al-server")
     checkpoint = work / "model_tiny.pt"
     shutil.copy2(trained_bundle / "model_tiny.pt", checkpoint)
-    with start_app_server(al_studies, work, background_scoring=True, models="text_prompt", checkpoint=str(checkpoint),
-                          active_learning_strategy="power_entropy", mc_dropout_samples="2", active_learning_patch_size=str(PATCH),
-                          active_learning_rounds="4") as server:
+    with start_app_server(
+        al_studies,
+        work,
+        background_scoring=True,
+        models="text_prompt",
+        checkpoint=str(checkpoint),
+        active_learning_strategy="power_entropy",
+        mc_dropout_samples="2",
+        active_learning_patch_size=str(PATCH),
+        active_learning_rounds="4",
+    ) as server:
         yield server
 
 
@@ -149,7 +157,6 @@ def test_unknown_strategy_answers_404_naming_the_served_ones(al_server):
 
 def test_bad_active_learning_conf_stops_the_app_with_a_message():
     import importlib.util
-
     import sys
 
     name = "textseg_app_settings_under_test"

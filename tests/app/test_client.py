@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from textseg.vocabulary import load_vocabulary
 
 pytestmark = pytest.mark.slow  # a real server (and Orthanc, Chromium): minutes
 
-CLASS_NAMES = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas", "aorta",
-               "inferior_vena_cava", "urinary_bladder"]
+CLASS_NAMES = [
+    "spleen",
+    "kidney_right",
+    "kidney_left",
+    "gallbladder",
+    "liver",
+    "stomach",
+    "pancreas",
+    "aorta",
+    "inferior_vena_cava",
+    "urinary_bladder",
+]
 
 
 def _status(error: MONAILabelClientException) -> int:

@@ -9,9 +9,8 @@ import pytest
 from monailabel.client.client import MONAILabelClientException
 from scipy import ndimage
 
-from textseg.vocabulary import load_vocabulary
-
 from tests.app.test_client import _status
+from textseg.vocabulary import load_vocabulary
 
 pytestmark = pytest.mark.slow  # a real server
 
@@ -32,11 +31,14 @@ def test_info_shows_an_interactive_model(client):
     assert model["labels"]["liver"] == load_vocabulary()["liver"].id
 
 
-@pytest.mark.parametrize("organ,params", [
-    ("liver", {"label": "liver"}),
-    ("kidney_left", {"prompt": "segment the left kidney"}),
-    ("spleen", {"label": "spleen"}),
-])
+@pytest.mark.parametrize(
+    "organ,params",
+    [
+        ("liver", {"label": "liver"}),
+        ("kidney_left", {"prompt": "segment the left kidney"}),
+        ("spleen", {"label": "spleen"}),
+    ],
+)
 def test_a_click_on_an_organ_gives_a_mask_on_that_organ(client, app_studies, organ, params):
     """The checkpoint's clicks dominate (see app_interactive_checkpoint): the mask appears where the app placed the
     click on the network's grid, mapped back to the study's grid; it must sit on the clicked organ."""
@@ -75,24 +77,28 @@ def test_a_box_around_an_organ_is_accepted(client, app_studies):
 
     ids, _ = _reference(app_studies)
     liver = ids == load_vocabulary()["liver"].id
-    path, result = client.infer("interactive", "case_21", {"box": box_from_mask(liver), "foreground": [_deepest_voxel(liver)],
-                                                          "label": "liver"})
+    path, result = client.infer(
+        "interactive", "case_21", {"box": box_from_mask(liver), "foreground": [_deepest_voxel(liver)], "label": "liver"}
+    )
     assert result["structure"] == "liver"
     assert set(np.unique(np.asarray(nib.load(path).dataobj)).tolist()) <= {0, load_vocabulary()["liver"].id}
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"foreground": [[70, 5, 5]], "label": "liver"}, "outside the volume of size (64, 64, 64)"),
-    ({"foreground": [[10, 10, 10]], "background": [[-1, 5, 5]], "label": "liver"}, "background point"),
-    ({"box": [10, 10, 10, 10, 20, 20], "label": "liver"}, "is empty"),
-    ({"box": [20, 10, 10, 10, 20, 20], "label": "liver"}, "negative size"),
-    ({"box": [70, 70, 70, 80, 80, 80], "label": "liver"}, "outside the volume"),
-    ({"foreground": [[1, 2]], "label": "liver"}, "3 numbers"),
-    ({"foreground": "liver", "label": "liver"}, "list of [x, y, z]"),
-    ({"label": "kidneys"}, "segments one structure"),
-    ({"label": "liver", "foreground": [[10, 10, 10]], "click_radius": "wide"}, "click_radius must be a number"),
-    ({"label": "flux capacitor", "foreground": [[10, 10, 10]]}, "flux capacitor"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"foreground": [[70, 5, 5]], "label": "liver"}, "outside the volume of size (64, 64, 64)"),
+        ({"foreground": [[10, 10, 10]], "background": [[-1, 5, 5]], "label": "liver"}, "background point"),
+        ({"box": [10, 10, 10, 10, 20, 20], "label": "liver"}, "is empty"),
+        ({"box": [20, 10, 10, 10, 20, 20], "label": "liver"}, "negative size"),
+        ({"box": [70, 70, 70, 80, 80, 80], "label": "liver"}, "outside the volume"),
+        ({"foreground": [[1, 2]], "label": "liver"}, "3 numbers"),
+        ({"foreground": "liver", "label": "liver"}, "list of [x, y, z]"),
+        ({"label": "kidneys"}, "segments one structure"),
+        ({"label": "liver", "foreground": [[10, 10, 10]], "click_radius": "wide"}, "click_radius must be a number"),
+        ({"label": "flux capacitor", "foreground": [[10, 10, 10]]}, "flux capacitor"),
+    ],
+)
 def test_bad_clicks_answer_400_with_a_message(client, params, message):
     with pytest.raises(MONAILabelClientException) as error:
         client.infer("interactive", "case_21", params)

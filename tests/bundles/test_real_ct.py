@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import BUNDLE_DIR, REPO_ROOT, bundle_configs
 
 from textseg.bundle import SHIPPED_CONFIGS, read_config_value
 from textseg.datasets import label_maps, load_datalist
 from textseg.transforms import IGNORE_CHANNEL, LabelToChannelsd
-
-from conftest import BUNDLE_DIR, REPO_ROOT, bundle_configs
 
 CONFIGS = BUNDLE_DIR / "configs"
 SHIPPED = BUNDLE_DIR / "models" / "model.pt"
@@ -70,11 +69,42 @@ def test_real_ct_recipe_trains_through_monais_cli(tmp_path):
     63 class embeddings; a state file for resuming is removed once training completes."""
     datasets = "[{'name': 'totalseg_example'}" + (", {'name': 'ccth_a01'}]" if TCIA_DIR.is_dir() else "]")
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_configs("train.json", "real_ct.json", "real_ct_train.json"),
-         "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
-         "--bundle_root", str(BUNDLE_DIR), "--datasets", datasets, "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval"),
-         "--epochs", "1", "--val_interval", "1", "--repeats", "1", "--crops_per_image", "1", "--num_workers", "0"],
-        capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            bundle_configs("train.json", "real_ct.json", "real_ct_train.json"),
+            "--meta_file",
+            str(CONFIGS / "metadata.json"),
+            "--logging_file",
+            str(CONFIGS / "logging.conf"),
+            "--bundle_root",
+            str(BUNDLE_DIR),
+            "--datasets",
+            datasets,
+            "--ckpt_dir",
+            str(tmp_path),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--repeats",
+            "1",
+            "--crops_per_image",
+            "1",
+            "--num_workers",
+            "0",
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=900,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     assert re.search(r"val_mean_dice: [0-9.]+", result.stdout + result.stderr), "validation ran on the held-out slabs"
@@ -141,11 +171,20 @@ def test_a_512x512x800_ct_is_segmented_on_its_grid(tmp_path):
     image = tmp_path / "big_ct.nii"
     nib.save(nib.Nifti1Image(volume.round().to(torch.int16).numpy(), affine), str(image))
     del volume
-    code = ("import resource, sys; from textseg.segment import segment; "
-            f"r = segment({str(image)!r}, 'liver', {str(tmp_path / 'out')!r}, overlay=False); "
-            "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", timeout=1200, cwd=REPO_ROOT,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    code = (
+        "import resource, sys; from textseg.segment import segment; "
+        f"r = segment({str(image)!r}, 'liver', {str(tmp_path / 'out')!r}, overlay=False); "
+        "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=1200,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     peak_gib = int(re.search(r"PEAK_KIB (\d+)", result.stdout).group(1)) / 2**20
     assert peak_gib <= 13.0, f"peak resident memory {peak_gib:.2f} GiB"

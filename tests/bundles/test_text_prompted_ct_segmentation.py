@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import BUNDLE_DIR, REPO_ROOT  # tests/ is on sys.path (rootdir conftest)
+from conftest import bundle_configs as _config_list
 
 from textseg.bundle import SHIPPED_CONFIGS, generated_metadata, read_config_value, sync_bundle
-
-from conftest import BUNDLE_DIR, REPO_ROOT, bundle_configs as _config_list  # tests/ is on sys.path (rootdir conftest)
 
 META_SCHEMA = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 CONFIGS = BUNDLE_DIR / "configs"
@@ -32,7 +32,13 @@ def monai_bundle(*args: str, cwd: Path | None = None) -> subprocess.CompletedPro
     """``python -m monai.bundle ...`` in a fresh process; fails the test with its output on error."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=900,
     )
     if result.returncode != 0:
         pytest.fail(f"monai.bundle {args[0]} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
@@ -55,14 +61,28 @@ def test_metadata_and_model_card_agree_with_vocabulary():
 
 
 @pytest.mark.parametrize(
-    "overlays", [("real_ct.json",), ("real_ct.json", "real_ct_gpu.json"), ("real_ct.json", "fusion_concat.json"),
-                 ("real_ct.json", "fusion_cross_attention.json"), ("real_ct.json", "interactive.json")]
+    "overlays",
+    [
+        ("real_ct.json",),
+        ("real_ct.json", "real_ct_gpu.json"),
+        ("real_ct.json", "fusion_concat.json"),
+        ("real_ct.json", "fusion_cross_attention.json"),
+        ("real_ct.json", "interactive.json"),
+    ],
 )
 def test_verify_net_in_out(overlays):
     """Every variant of the shipped model's class set, at CPU and real size, against the metadata's shapes."""
     monai_bundle(
-        "verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
-        "--config_file", _config_list("inference.json", *overlays), "--n", "2", "--device", "cpu",
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        _config_list("inference.json", *overlays),
+        "--n",
+        "2",
+        "--device",
+        "cpu",
     )
 
 
@@ -84,13 +104,26 @@ def test_interactive_overlay_trains_with_clicks_and_infers_without(trained_inter
     # each GuidanceBlock's last convolution (mix.2) starts at zero: non-zero after training means clicks reached it
     guidance_weights = [v for k, v in state.items() if k.startswith("guidance.") and k.endswith("mix.2.weight")]
     assert guidance_weights, "the interactive checkpoint has no guidance blocks"
-    assert any(w.abs().sum() > 0 for w in guidance_weights), "the guidance blocks (identity at start) were never trained: no clicks reached them"
+    assert any(w.abs().sum() > 0 for w in guidance_weights), (
+        "the guidance blocks (identity at start) were never trained: no clicks reached them"
+    )
     image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
     monai_bundle(
-        "run", "--config_file", _config_list("inference.json", "tiny.json", "interactive.json"),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
-        "--ckpt_path", str(trained_interactive_bundle / "model_interactive.pt"), "--input_image", str(image),
-        "--prompt", "liver", "--output_dir", str(tmp_path),
+        "run",
+        "--config_file",
+        _config_list("inference.json", "tiny.json", "interactive.json"),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--bundle_root",
+        str(BUNDLE_DIR),
+        "--ckpt_path",
+        str(trained_interactive_bundle / "model_interactive.pt"),
+        "--input_image",
+        str(image),
+        "--prompt",
+        "liver",
+        "--output_dir",
+        str(tmp_path),
     )
     (output,) = tmp_path.glob("*_seg.nii.gz")
     assert nib.load(str(output)).shape == nib.load(str(image)).shape
@@ -102,17 +135,30 @@ def test_interactive_overlay_trains_with_clicks_and_infers_without(trained_inter
 
     parser = ConfigParser()
     parser.read_config(bundle_config_files(BUNDLE_DIR, ["train.json", "tiny.json", "interactive.json"]))
-    assert isinstance(parser.get_parsed_content("iteration_update"), CorrectiveClickTraining), "training also clicks on the network's errors"
+    assert isinstance(parser.get_parsed_content("iteration_update"), CorrectiveClickTraining), (
+        "training also clicks on the network's errors"
+    )
 
 
 @pytest.mark.slow
 def test_inference_cli_with_prompt_keeps_input_grid(trained_bundle, tiny_phantom, tmp_path):
     image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
     monai_bundle(
-        "run", "--config_file", _config_list("inference.json", "tiny.json"),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
-        "--ckpt_path", str(trained_bundle / "model_tiny.pt"), "--input_image", str(image),
-        "--prompt", "left kidney and the liver", "--output_dir", str(tmp_path),
+        "run",
+        "--config_file",
+        _config_list("inference.json", "tiny.json"),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--bundle_root",
+        str(BUNDLE_DIR),
+        "--ckpt_path",
+        str(trained_bundle / "model_tiny.pt"),
+        "--input_image",
+        str(image),
+        "--prompt",
+        "left kidney and the liver",
+        "--output_dir",
+        str(tmp_path),
     )
     (output,) = tmp_path.glob("*_seg.nii.gz")
     source, result = nib.load(str(image)), nib.load(str(output))
@@ -147,11 +193,30 @@ def test_inference_cli_refuses_bad_requests(trained_bundle, tiny_phantom, tmp_pa
     nib.save(nib.Nifti1Image(array, source.affine), str(nan_image))
     overrides = [o.replace("{nan_image}", str(nan_image)) for o in overrides]
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_list("inference.json", "tiny.json"),
-         "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
-         "--ckpt_path", str(trained_bundle / "model_tiny.pt"), "--input_image", str(image), "--output_dir", str(tmp_path),
-         *overrides],
-        capture_output=True, encoding="utf-8", errors="replace", timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            _config_list("inference.json", "tiny.json"),
+            "--meta_file",
+            str(CONFIGS / "metadata.json"),
+            "--bundle_root",
+            str(BUNDLE_DIR),
+            "--ckpt_path",
+            str(trained_bundle / "model_tiny.pt"),
+            "--input_image",
+            str(image),
+            "--output_dir",
+            str(tmp_path),
+            *overrides,
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert result.returncode != 0
     assert all(m in result.stderr for m in messages), result.stderr[-3000:]
@@ -161,10 +226,21 @@ def test_inference_cli_refuses_bad_requests(trained_bundle, tiny_phantom, tmp_pa
 @pytest.mark.slow
 def test_evaluate_writes_metrics_per_structure(trained_bundle, tiny_phantom):
     monai_bundle(
-        "run", "--config_file", _config_list("train.json", "evaluate.json", "tiny.json"),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
-        "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(trained_bundle), "--output_dir", str(trained_bundle / "evaluation"),
-        "--num_workers", "0",
+        "run",
+        "--config_file",
+        _config_list("train.json", "evaluate.json", "tiny.json"),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--bundle_root",
+        str(BUNDLE_DIR),
+        "--dataset_dir",
+        str(tiny_phantom),
+        "--ckpt_dir",
+        str(trained_bundle),
+        "--output_dir",
+        str(trained_bundle / "evaluation"),
+        "--num_workers",
+        "0",
     )
     report = json.loads((trained_bundle / "evaluation" / "per_structure.json").read_text(encoding="utf-8"))
     class_names = read_config_value(BUNDLE_DIR, "inference.json", "class_names")
@@ -182,10 +258,22 @@ def test_evaluate_writes_metrics_per_structure(trained_bundle, tiny_phantom):
 @pytest.mark.slow
 def test_ckpt_export_traces_the_network(trained_bundle, tmp_path):
     monai_bundle(
-        "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
-        "--ckpt_file", str(trained_bundle / "model_tiny.pt"), "--meta_file", str(CONFIGS / "metadata.json"),
-        "--config_file", _config_list("inference.json", "tiny.json"), "--bundle_root", str(BUNDLE_DIR),
-        "--use_trace", "True", "--input_shape", "[1, 1, 64, 64, 64]",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(tmp_path / "model.ts"),
+        "--ckpt_file",
+        str(trained_bundle / "model_tiny.pt"),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        _config_list("inference.json", "tiny.json"),
+        "--bundle_root",
+        str(BUNDLE_DIR),
+        "--use_trace",
+        "True",
+        "--input_shape",
+        "[1, 1, 64, 64, 64]",
     )
     exported = torch.jit.load(str(tmp_path / "model.ts"))
     with torch.no_grad():
@@ -194,18 +282,51 @@ def test_ckpt_export_traces_the_network(trained_bundle, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fusion_overlays,checkpoint", [((), "model_tiny.pt"), (("fusion_concat.json",), "model_concat.pt"),
-                                                        (("fusion_cross_attention.json",), "model_cross_attention.pt")])
+@pytest.mark.parametrize(
+    "fusion_overlays,checkpoint",
+    [((), "model_tiny.pt"), (("fusion_concat.json",), "model_concat.pt"), (("fusion_cross_attention.json",), "model_cross_attention.pt")],
+)
 def test_multi_gpu_config_trains_with_two_processes(tiny_phantom, tmp_path, fusion_overlays, checkpoint):
     """torchrun + DistributedDataParallel with the gloo backend: 2 CPU processes, 1 epoch, for every fusion."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "monai.bundle", "run",
-         "--config_file", _config_list("train.json", "multi_gpu_train.json", "tiny.json", *fusion_overlays),
-         "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
-         "--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval"),
-         "--epochs", "1", "--val_interval", "1", "--num_val", "2", "--crops_per_image", "1", "--num_workers", "0"],
-        capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            _config_list("train.json", "multi_gpu_train.json", "tiny.json", *fusion_overlays),
+            "--meta_file",
+            str(CONFIGS / "metadata.json"),
+            "--bundle_root",
+            str(BUNDLE_DIR),
+            "--dataset_dir",
+            str(tiny_phantom),
+            "--ckpt_dir",
+            str(tmp_path),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--num_val",
+            "2",
+            "--crops_per_image",
+            "1",
+            "--num_workers",
+            "0",
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=900,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-6000:]
     state = torch.load(tmp_path / checkpoint, map_location="cpu", weights_only=True)
@@ -261,11 +382,41 @@ def test_training_mixes_datasets_with_different_label_sets(tiny_phantom, tmp_pat
             assert torch.all(target[k] == IGNORE_CHANNEL), f"{name} is not annotated in kidney_only and must be ignored"
 
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_list("train.json", "tiny.json"),
-         "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE_DIR),
-         "--datasets", repr(sources), "--datasets_file", str(datasets_file), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-         "--epochs", "1", "--val_interval", "1", "--num_val", "2", "--crops_per_image", "1", "--num_workers", "0"],
-        capture_output=True, encoding="utf-8", errors="replace", timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            _config_list("train.json", "tiny.json"),
+            "--meta_file",
+            str(CONFIGS / "metadata.json"),
+            "--bundle_root",
+            str(BUNDLE_DIR),
+            "--datasets",
+            repr(sources),
+            "--datasets_file",
+            str(datasets_file),
+            "--ckpt_dir",
+            str(tmp_path / "models"),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--num_val",
+            "2",
+            "--crops_per_image",
+            "1",
+            "--num_workers",
+            "0",
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=900,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert result.returncode == 0, result.stderr[-6000:]
     assert (tmp_path / "models" / "model_tiny.pt").exists()

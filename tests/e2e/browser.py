@@ -14,8 +14,17 @@ from pathlib import Path
 
 import websocket
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,800"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,800",
+]
 
 
 class Browser:
@@ -31,7 +40,9 @@ class Browser:
         self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)  # chromium helpers may still write
         self.process = subprocess.Popen(
             [self.chromium, *FLAGS, f"--user-data-dir={self._profile.name}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.time() + self.timeout
         port = None
@@ -109,15 +120,18 @@ class Browser:
 
     def type_into(self, selector: str, text: str) -> None:
         """Replace an input's value as a user would: focus, select all, type (React sees real input events)."""
-        if not self.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return false;"
-                             " e.focus(); e.select(); return true; })()"):
+        if not self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return false;"
+            " e.focus(); e.select(); return true; })()"
+        ):
             raise LookupError(f"no input at {selector!r}")
         self.send("Input.insertText", text=text)
 
     def requests(self, url_part: str) -> list[dict]:
         """``Network.requestWillBeSent`` events whose URL contains ``url_part``."""
-        return [e["params"] for e in self.events
-                if e["method"] == "Network.requestWillBeSent" and url_part in e["params"]["request"]["url"]]
+        return [
+            e["params"] for e in self.events if e["method"] == "Network.requestWillBeSent" and url_part in e["params"]["request"]["url"]
+        ]
 
     def response_status(self, request_id: str) -> int | None:
         for e in self.events:

@@ -26,11 +26,11 @@ def _require(binary_present: bool, what: str) -> None:
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory):
     """Orthanc with the DICOMweb plugin on a free port, holding two 64^3 phantom CT series."""
+    import pydicom
+
     from textseg.app_support import ORTHANC_BINARY, ORTHANC_DICOMWEB_PLUGIN, OrthancServer
     from textseg.dicom import nifti_to_ct_series, write_ct_series
     from textseg.phantom import make_phantom
-
-    import pydicom
 
     _require(Path(ORTHANC_BINARY).exists() and Path(ORTHANC_DICOMWEB_PLUGIN).exists(), "Orthanc with its DICOMweb plugin")
     work = tmp_path_factory.mktemp("orthanc")
@@ -60,8 +60,12 @@ def e2e_checkpoint(trained_bundle, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dicomweb_server(start_app_server, orthanc, e2e_checkpoint, tmp_path_factory):
     """The textseg app started with ``--studies http://127.0.0.1:<orthanc>/dicom-web``."""
-    with start_app_server(orthanc.dicomweb_url, tmp_path_factory.mktemp("dicomweb-server"), models="text_prompt,all_structures",
-                          checkpoint=str(e2e_checkpoint)) as server:
+    with start_app_server(
+        orthanc.dicomweb_url,
+        tmp_path_factory.mktemp("dicomweb-server"),
+        models="text_prompt,all_structures",
+        checkpoint=str(e2e_checkpoint),
+    ) as server:
         yield server
 
 

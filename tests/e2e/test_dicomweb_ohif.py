@@ -20,9 +20,18 @@ pytestmark = pytest.mark.slow  # a real server (and Orthanc, Chromium): minutes
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "data" / "artifacts"  # data/ is gitignored
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,800", "--virtual-time-budget=15000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,800",
+    "--virtual-time-budget=15000",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +54,9 @@ def test_infer_on_an_orthanc_series_and_save_the_label_as_dicom_seg(dw_client, o
     assert result.shape[:3] == case.image.shape
     # same world grid as the phantom the series was written from (DICOM LPS <-> NIfTI RAS handled)
     corners = [np.array([i, j, k, 1.0]) for i in (0, 63) for j in (0, 63) for k in (0, 63)]
-    assert sorted(tuple(np.round((result.affine @ c)[:3], 2)) for c in corners) == \
-        sorted(tuple(np.round((case.affine @ c)[:3], 2)) for c in corners)
+    assert sorted(tuple(np.round((result.affine @ c)[:3], 2)) for c in corners) == sorted(
+        tuple(np.round((case.affine @ c)[:3], 2)) for c in corners
+    )
 
     # an annotator's label: liver and right kidney blocks, saved as final -> DICOM SEG in Orthanc
     label = np.zeros(result.shape[:3], dtype=np.int16)
@@ -59,8 +69,9 @@ def test_infer_on_an_orthanc_series_and_save_the_label_as_dicom_seg(dw_client, o
     segs = [s for s in orthanc.get_json("/dicom-web/series?Modality=SEG") if s["0020000E"]["Value"][0] not in before]
     assert len(segs) == 1
     seg_series = segs[0]["0020000E"]["Value"][0]
-    (instance,) = [i for s in orthanc.get_json("/series?expand") if s["MainDicomTags"]["SeriesInstanceUID"] == seg_series
-                   for i in s["Instances"]]
+    (instance,) = [
+        i for s in orthanc.get_json("/series?expand") if s["MainDicomTags"]["SeriesInstanceUID"] == seg_series for i in s["Instances"]
+    ]
     seg_file = tmp_path / "seg.dcm"
     with urllib.request.urlopen(f"{orthanc.url}/instances/{instance}/file", timeout=30) as r:
         seg_file.write_bytes(r.read())
@@ -70,14 +81,18 @@ def test_infer_on_an_orthanc_series_and_save_the_label_as_dicom_seg(dw_client, o
 
 
 def _corners(affine, shape):
-    return sorted(tuple(np.round((np.asarray(affine) @ np.array([i, j, k, 1.0]))[:3], 1))
-                  for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1))
+    return sorted(
+        tuple(np.round((np.asarray(affine) @ np.array([i, j, k, 1.0]))[:3], 1))
+        for i in (0, shape[0] - 1)
+        for j in (0, shape[1] - 1)
+        for k in (0, shape[2] - 1)
+    )
 
 
 def test_all_structures_on_the_real_ct_from_orthanc_keeps_its_geometry(dw_client, orthanc):
     if not orthanc.real_ct:
         pytest.skip("the real CT is not available in ../shared/data/ct (absent in a user's clone)")
-    (series_uid, nifti), = orthanc.real_ct.items()
+    ((series_uid, nifti),) = orthanc.real_ct.items()
     path, params = dw_client.infer("all_structures", series_uid, {})
     assert len(params["label_names"]) == 10
     original, result = nib.load(str(nifti)), nib.load(path)
@@ -87,8 +102,9 @@ def test_all_structures_on_the_real_ct_from_orthanc_keeps_its_geometry(dw_client
 
 def _chromium(chromium, *args, timeout=120) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=timeout
+        )
 
 
 def test_ohif_renders_and_lists_the_orthanc_study(chromium, dicomweb_server, orthanc, tmp_path):
@@ -123,10 +139,19 @@ def test_ohif_panel_request_with_a_typed_prompt_returns_labels_ohif_can_show(dw_
     assert model["type"] == "segmentation"  # the panel lists deepgrow, deepedit, vista3d and segmentation models
     assert "prompt" in model["config"]  # the Options tab shows the model's config: that is where the prompt is typed
     series_uid = sorted(orthanc.series)[0]
-    params = {"prompt": "segment the liver and kidneys", "result_extension": ".nrrd", "result_dtype": "uint8",
-              "result_compress": False, "restore_label_idx": False}
-    response = requests.post(f"{dicomweb_server.url}/infer/text_prompt", params={"image": series_uid, "output": "image"},
-                             files={"params": (None, json.dumps(params))}, timeout=600)
+    params = {
+        "prompt": "segment the liver and kidneys",
+        "result_extension": ".nrrd",
+        "result_dtype": "uint8",
+        "result_compress": False,
+        "restore_label_idx": False,
+    }
+    response = requests.post(
+        f"{dicomweb_server.url}/infer/text_prompt",
+        params={"image": series_uid, "output": "image"},
+        files={"params": (None, json.dumps(params))},
+        timeout=600,
+    )
     assert response.status_code == 200, response.text[:2000]
     path = tmp_path / "ohif_result.nrrd"
     path.write_bytes(response.content)
@@ -151,21 +176,29 @@ def test_ohif_text_prompt_typed_in_the_panel_segments_the_study(chromium, dicomw
         b.goto(f"{server}/ohif/monai-label?StudyInstanceUIDs={study_uid}")
         b.wait_for("!!document.querySelector('.monaiLabelPanel button.actionButton')", 120, "the MONAI Label panel")
         b.click(".monaiLabelPanel button.actionButton")  # connect: the panel reads /info
-        panel = b.wait_for("(t => t.includes('text_prompt') && t)(document.querySelector('.monaiLabelPanel').innerText)", 60,
-                           "the app's models in the panel")
+        panel = b.wait_for(
+            "(t => t.includes('text_prompt') && t)(document.querySelector('.monaiLabelPanel').innerText)",
+            60,
+            "the app's models in the panel",
+        )
         assert "all_structures" in panel and "clasp_pe" in panel  # models and active-learning strategies
         b.click(".monaiLabelPanel a", "Options")
         b.wait_for("!!document.querySelector('#infertext_promptprompt')", 30, "the prompt option")
         b.type_into("#infertext_promptprompt", prompt)
         b.click('[data-cy="Confirm-btn"]')
         b.click('.monaiLabelPanel button[title="Run Segmentation"]')
-        b.wait_for("document.body.innerText.includes('Running Segmentation - Successful') "
-                   "|| document.body.innerText.includes('Failed to Run')", 600, "the segmentation result")
+        b.wait_for(
+            "document.body.innerText.includes('Running Segmentation - Successful') || document.body.innerText.includes('Failed to Run')",
+            600,
+            "the segmentation result",
+        )
         b.screenshot(ARTIFACTS / "ohif_text_prompt_result.png")
         assert "Running Segmentation - Successful" in b.text()
         (request,) = b.requests("/infer/text_prompt")
-        assert f"image={orthanc.get_json('/dicom-web/studies/' + study_uid + '/series')[0]['0020000E']['Value'][0]}" \
+        assert (
+            f"image={orthanc.get_json('/dicom-web/studies/' + study_uid + '/series')[0]['0020000E']['Value'][0]}"
             in request["request"]["url"]
+        )
         form = re.search(r'name="params"\s+(\{.*?\})\s+--', b.post_data(request["requestId"]), re.S)
         assert form and json.loads(form.group(1))["prompt"] == prompt
         assert b.response_status(request["requestId"]) == 200

@@ -84,8 +84,15 @@ def _tiny_clip(path):
     tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
     tokenizer.save_pretrained(str(path))
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-        projection_dim=24, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        projection_dim=24,
+        max_position_embeddings=77,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
     )
     torch.manual_seed(0)
     CLIPTextModelWithProjection(config).save_pretrained(str(path))

@@ -249,7 +249,9 @@ def select_next(
     if spec.scheduled:
         betas = SCHEDULES[schedule](max(int(num_rounds), 1), beta_start, beta_end)
         beta = float(betas[min(query_index, len(betas) - 1)])
-        classes = sorted({m[len(CLASS_MEASURE_PREFIX):] for r in records.values() for m in r["grids"] if m.startswith(CLASS_MEASURE_PREFIX)})
+        classes = sorted(
+            {m[len(CLASS_MEASURE_PREFIX) :] for r in records.values() for m in r["grids"] if m.startswith(CLASS_MEASURE_PREFIX)}
+        )
         if classes and class_query_due(query_index, class_share):
             served = {c: 0 for c in classes}
             for h in history:

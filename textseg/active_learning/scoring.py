@@ -224,8 +224,11 @@ def score_image(
         if spec.name.startswith("power") or spec.scheduled:
             beta = strategy_params.get("beta", 1.0)
             if spec.scheduled:
-                beta = float(exponential_schedule(max(num_rounds, 1), strategy_params.get("beta_start", 1.0),
-                                                  strategy_params.get("beta_end", 100.0))[round_index])
+                beta = float(
+                    exponential_schedule(
+                        max(num_rounds, 1), strategy_params.get("beta_start", 1.0), strategy_params.get("beta_end", 100.0)
+                    )[round_index]
+                )
             rank_score = float(power_noising(torch.tensor([score]), beta, generator)[0])
     else:
         score = patch_score = rank_score = float(generator.random())
@@ -239,4 +242,3 @@ def score_image(
         "image_shape": list(shape),
         "mc_samples": samples if spec.needs_model else 0,
     }
-

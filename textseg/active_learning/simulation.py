@@ -25,8 +25,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textseg.files import atomic_path, write_atomic
 from textseg.losses import PartialLabelDiceCELoss
-from textseg.metrics import write_atomic
 from textseg.transforms import DEFAULT_HU_RANGE, IGNORE_CHANNEL
 
 from .scoring import predict_probs
@@ -162,7 +160,9 @@ class SimulationConfig:
         if self.iterations < 0 or self.start_iterations < 0:
             raise ValueError("iterations must be >= 0.")
         if len(self.image_size) != 3 or any(s % 32 or s < 64 for s in self.image_size):
-            raise ValueError(f"image_size must be 3 sizes, multiples of 32 and >= 64 (the network's constraint), got {tuple(self.image_size)}.")
+            raise ValueError(
+                f"image_size must be 3 sizes, multiples of 32 and >= 64 (the network's constraint), got {tuple(self.image_size)}."
+            )
         patch = self.patch or tuple(self.image_size)
         if len(patch) != 3 or any(int(p) < 1 for p in patch):
             raise ValueError(f"patch_size must be 3 positive sizes, got {self.patch_size}.")
@@ -213,18 +213,6 @@ def _dump(obj) -> str:
     return json.dumps(_jsonable(obj), indent=1, allow_nan=True)
 
 
-def _save_torch_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 # ----------------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------------
@@ -268,8 +256,10 @@ def load_dataset_pool(config: SimulationConfig, class_names: Sequence[str]) -> t
         raise ValueError(f"dataset {config.dataset!r} has {len(cases)} labelled case(s); pool_size + test_size = {need}.")
     order = np.random.default_rng(config.data_seed).permutation(len(cases))[:need]
     id_to_name = label_maps()[config.dataset]
-    transform = Compose(ct_transforms(("image",), "label", pixdim=config.pixdim)
-                        + [Resized(keys=["image", "label"], spatial_size=tuple(config.image_size), mode=("trilinear", "nearest"))])
+    transform = Compose(
+        ct_transforms(("image",), "label", pixdim=config.pixdim)
+        + [Resized(keys=["image", "label"], spatial_size=tuple(config.image_size), mode=("trilinear", "nearest"))]
+    )
     images = []
     for n, j in enumerate(order):
         case = cases[int(j)]
@@ -283,7 +273,7 @@ def load_dataset_pool(config: SimulationConfig, class_names: Sequence[str]) -> t
                     label[raw == int(i)] = k
         prefix = "pool" if n < config.pool_size else "test"
         images.append(PoolImage(f"{prefix}_{n:03d}", np.asarray(data["image"][0], dtype=np.float32), label, annotated))
-    return images[: config.pool_size], images[config.pool_size:]
+    return images[: config.pool_size], images[config.pool_size :]
 
 
 def _class_names(config: SimulationConfig) -> list[str]:
@@ -421,7 +411,9 @@ def aubc(dice: Sequence[float], annotated: Sequence[float] | None = None) -> flo
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
 
-def foreground_efficiency(fg_voxels: Sequence[float], dice: Sequence[float], reference_dice: float, start_dice: float, start_fg: float) -> float:
+def foreground_efficiency(
+    fg_voxels: Sequence[float], dice: Sequence[float], reference_dice: float, start_dice: float, start_fg: float
+) -> float:
     """nnActive's foreground efficiency: the rate ``b`` of ``Dice(x) = c - a exp(-b (x - x0))`` fitted to the
     curve, x = annotated foreground voxels (in thousands), ``c`` = reference Dice (the best Dice reached in the
     experiment, unless given), ``a = c - Dice at the start``, ``x0`` = foreground voxels at the start.
@@ -449,8 +441,13 @@ def _stats(values: Sequence[float]) -> dict:
     v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
     if len(v) == 0:
         return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n": int(len(v)),
+    }
 
 
 def summarize(runs: dict[str, dict[int, dict]], reference_dice: float | None = None) -> dict:
@@ -482,19 +479,28 @@ def summarize(runs: dict[str, dict[int, dict]], reference_dice: float | None = N
             aubcs.append(run["aubc"])
             finals.append(run["final_dice"])
             effs.append(run["foreground_efficiency"])
-        summary["strategies"][name] = {"aubc": _stats(aubcs), "final_dice": _stats(finals), "foreground_efficiency": _stats(effs),
-                                       "seeds": sorted(seeds)}
+        summary["strategies"][name] = {
+            "aubc": _stats(aubcs),
+            "final_dice": _stats(finals),
+            "foreground_efficiency": _stats(effs),
+            "seeds": sorted(seeds),
+        }
     if "random_label" in summary["strategies"]:
         ref = summary["strategies"]["random_label"]["foreground_efficiency"]["mean"]
         for s in summary["strategies"].values():
-            s["foreground_efficiency_vs_random_label"] = s["foreground_efficiency"]["mean"] / ref if ref and not math.isnan(ref) else float("nan")
+            s["foreground_efficiency_vs_random_label"] = (
+                s["foreground_efficiency"]["mean"] / ref if ref and not math.isnan(ref) else float("nan")
+            )
     margins = {}
     for baseline in ("random", "random_label"):
         if "clasp_pe" in per_seed_aubc and baseline in per_seed_aubc:
             common = sorted(set(per_seed_aubc["clasp_pe"]) & set(per_seed_aubc[baseline]))
             diffs = [per_seed_aubc["clasp_pe"][s] - per_seed_aubc[baseline][s] for s in common]
-            margins[f"clasp_pe_minus_{baseline}"] = {**_stats(diffs), "per_seed": dict(zip(common, diffs)),
-                                                     "wins": int(sum(d > 0 for d in diffs))}
+            margins[f"clasp_pe_minus_{baseline}"] = {
+                **_stats(diffs),
+                "per_seed": dict(zip(common, diffs)),
+                "wins": int(sum(d > 0 for d in diffs)),
+            }
     summary["aubc_margins"] = margins
     return summary
 
@@ -524,12 +530,9 @@ def plot_curves(runs: dict[str, dict[int, dict]], path: Path) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle("Active learning on the phantom: mean over seeds, band = min-max")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -575,9 +578,13 @@ def _start_patches(pool: Sequence[PoolImage], config: SimulationConfig, rng: np.
         if not holders:
             continue
         masks = _masks_from(chosen, pool)
-        ctx = QueryContext(shapes={i: shapes[i] for i in holders}, patch_size=patch, rng=rng,
-                           annotated={i: masks[i] for i in holders},
-                           labels={i: np.where(lab == c, lab, 0) for i, lab in holders.items()})
+        ctx = QueryContext(
+            shapes={i: shapes[i] for i in holders},
+            patch_size=patch,
+            rng=rng,
+            annotated={i: masks[i] for i in holders},
+            labels={i: np.where(lab == c, lab, 0) for i, lab in holders.items()},
+        )
         try:
             chosen += foreground_random_query(ctx, 1, foreground_ratio=1.0)
         except (ValueError, RuntimeError):
@@ -636,7 +643,8 @@ class _Experiment:
             net.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
         else:
             train_network(net, self.pool, masks, self.embeddings, self.config.start_iterations, self.config.learning_rate, seed * 1000)
-            _save_torch_atomic(net.state_dict(), model_path)
+            with atomic_path(model_path) as tmp:
+                torch.save(net.state_dict(), tmp)
         point = _point(self.pool, masks, evaluate(net, self.test, self.embeddings), patches, len(self.class_names))
         point["round"] = 0
         state.update(phase="done", point=point)
@@ -649,7 +657,11 @@ class _Experiment:
         cfg = self.config
         folder = self.out / f"seed_{seed}" / spec.name
         state_path, model_path = folder / "state.json", folder / "model.pt"
-        state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {"strategy": spec.name, "seed": seed, "rounds": []}
+        state = (
+            json.loads(state_path.read_text(encoding="utf-8"))
+            if state_path.exists()
+            else {"strategy": spec.name, "seed": seed, "rounds": []}
+        )
         net = self.network()
         model_round = 0
         if model_path.exists():
@@ -659,7 +671,9 @@ class _Experiment:
         else:
             net.load_state_dict(start_weights)
         strategy_index = STRATEGY_SALT.index(spec.name) if spec.name in STRATEGY_SALT else len(STRATEGY_SALT)
-        params = {"random_label": {"foreground_ratio": cfg.foreground_ratio}, "clasp_pe": {"class_share": cfg.class_share}}.get(spec.name, {})
+        params = {"random_label": {"foreground_ratio": cfg.foreground_ratio}, "clasp_pe": {"class_share": cfg.class_share}}.get(
+            spec.name, {}
+        )
         for r in range(1, cfg.rounds + 1):
             entry = state["rounds"][r - 1] if len(state["rounds"]) >= r else None
             if entry is not None and entry["phase"] == "done":
@@ -678,7 +692,8 @@ class _Experiment:
             masks = _masks_from(all_patches, self.pool)
             if model_round != r:
                 train_network(net, self.pool, masks, self.embeddings, cfg.iterations, cfg.learning_rate, seed * 1000 + r)
-                _save_torch_atomic({"round": r, "state_dict": net.state_dict()}, model_path)
+                with atomic_path(model_path) as tmp:
+                    torch.save({"round": r, "state_dict": net.state_dict()}, tmp)
                 model_round = r
             point = _point(self.pool, masks, evaluate(net, self.test, self.embeddings), all_patches, len(self.class_names))
             point["round"] = r
@@ -810,8 +825,10 @@ def format_summary(summary: dict) -> str:
     lines = [f"{'strategy':<14} {'AUBC mean ± std':>18} {'[min, max]':>16} {'final Dice':>16} {'FG-eff':>10}"]
     for name, s in summary["strategies"].items():
         a, f, e = s["aubc"], s["final_dice"], s["foreground_efficiency"]
-        lines.append(f"{name:<14} {a['mean']:>9.4f} ± {a['std']:<6.4f} [{a['min']:.3f}, {a['max']:.3f}] "
-                     f"{f['mean']:>8.4f} ± {f['std']:<5.3f} {e['mean']:>8.4f}")
+        lines.append(
+            f"{name:<14} {a['mean']:>9.4f} ± {a['std']:<6.4f} [{a['min']:.3f}, {a['max']:.3f}] "
+            f"{f['mean']:>8.4f} ± {f['std']:<5.3f} {e['mean']:>8.4f}"
+        )
     for key, m in summary.get("aubc_margins", {}).items():
         lines.append(f"{key}: {m['mean']:+.4f} ± {m['std']:.4f} (min {m['min']:+.4f}, wins {m['wins']}/{m['n']} seeds)")
     return "\n".join(lines)

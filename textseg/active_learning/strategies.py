@@ -428,8 +428,7 @@ def _finish(ctx: QueryContext, chosen: list[Patch], budget: int, occupied: dict[
         chosen = chosen + _fill_randomly(ctx, budget - len(chosen), occupied)
     if len(chosen) < budget:
         raise RuntimeError(
-            f"could place only {len(chosen)} of {budget} patches without overlapping labelled voxels; "
-            "lower the budget or the patch size."
+            f"could place only {len(chosen)} of {budget} patches without overlapping labelled voxels; lower the budget or the patch size."
         )
     return chosen
 
@@ -438,7 +437,9 @@ def _occupied_all(ctx: QueryContext) -> dict[str, np.ndarray]:
     return {image: ctx.occupied(image) for image in ctx.shapes}
 
 
-def _uncertainty_maps(ctx: QueryContext, image: str, measure: Callable[[torch.Tensor], torch.Tensor], need_samples: int = 1) -> torch.Tensor:
+def _uncertainty_maps(
+    ctx: QueryContext, image: str, measure: Callable[[torch.Tensor], torch.Tensor], need_samples: int = 1
+) -> torch.Tensor:
     if ctx.probs is None:
         raise ValueError("this strategy needs model predictions: the query context has no `probs` function.")
     probs = ctx.probs(image)
@@ -724,20 +725,39 @@ STRATEGIES: dict[str, StrategySpec] = {
     s.name: s
     for s in [
         StrategySpec("random", random_query, description="uniform random patches (nnActive random)"),
-        StrategySpec("random_label", foreground_random_query, needs_labels=True,
-                     description="foreground-aware random, 2/3 of patches centred on foreground (nnActive random-label)"),
+        StrategySpec(
+            "random_label",
+            foreground_random_query,
+            needs_labels=True,
+            description="foreground-aware random, 2/3 of patches centred on foreground (nnActive random-label)",
+        ),
         StrategySpec("entropy", predictive_entropy_query, needs_model=True, description="predictive entropy, greedy top-k"),
         StrategySpec("bald", bald_query, needs_model=True, mc_samples=8, description="MC-dropout BALD (mutual information), greedy"),
         StrategySpec("power_entropy", power_entropy_query, needs_model=True, description="power predictive entropy (beta = 1)"),
         StrategySpec("power_bald", power_bald_query, needs_model=True, mc_samples=8, description="PowerBALD (beta = 1)"),
-        StrategySpec("clasp_pe", clasp_pe_query, needs_model=True, scheduled=True,
-                     description="class-stratified scheduled power predictive entropy (ClaSP PE)"),
+        StrategySpec(
+            "clasp_pe",
+            clasp_pe_query,
+            needs_model=True,
+            scheduled=True,
+            description="class-stratified scheduled power predictive entropy (ClaSP PE)",
+        ),
     ]
 }
-_ALIASES = {"random-label": "random_label", "fg_random": "random_label", "foreground_random": "random_label",
-            "predictive_entropy": "entropy", "pe": "entropy", "mutual_information": "bald", "mc_dropout": "bald",
-            "powerbald": "power_bald", "power_pe": "power_entropy", "claspe": "clasp_pe", "clasp": "clasp_pe",
-            "class_power_pe66_exp": "clasp_pe"}
+_ALIASES = {
+    "random-label": "random_label",
+    "fg_random": "random_label",
+    "foreground_random": "random_label",
+    "predictive_entropy": "entropy",
+    "pe": "entropy",
+    "mutual_information": "bald",
+    "mc_dropout": "bald",
+    "powerbald": "power_bald",
+    "power_pe": "power_entropy",
+    "claspe": "clasp_pe",
+    "clasp": "clasp_pe",
+    "class_power_pe66_exp": "clasp_pe",
+}
 
 
 def get_strategy(name: str) -> StrategySpec:

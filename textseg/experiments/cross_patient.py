@@ -24,7 +24,7 @@ from pathlib import Path
 
 from textseg.bundle import DEFAULT_BUNDLE, read_config_value, run_bundle
 from textseg.datasets import load_datalists, split_slabs
-from textseg.metrics import write_atomic
+from textseg.files import write_atomic
 
 __all__ = ["KEY_STRUCTURES", "PATIENTS", "train_real_model", "evaluate_real_model", "run_cross_patient", "table_markdown"]
 
@@ -36,35 +36,64 @@ TRAIN_CONFIGS = ("train.json", "real_ct.json", "real_ct_train.json")
 EVAL_CONFIGS = (*TRAIN_CONFIGS, "evaluate.json")
 
 
-def train_real_model(patients: Sequence[str], ckpt_dir: str | os.PathLike, epochs: int | None = None,
-                     bundle_dir: str | os.PathLike = DEFAULT_BUNDLE, **override) -> Path:
+def train_real_model(
+    patients: Sequence[str],
+    ckpt_dir: str | os.PathLike,
+    epochs: int | None = None,
+    bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+    **override,
+) -> Path:
     """Train the real-CT recipe on ``patients`` (datasets.yaml names, default roots) for ``epochs`` (default: the
     recipe's); returns the checkpoint path."""
     ckpt_dir = Path(ckpt_dir)
     if epochs is not None:
         override.update(epochs=epochs, val_interval=max(1, epochs // 4))
-    run_bundle(bundle_dir, TRAIN_CONFIGS, workflow_type="train", datasets=[{"name": p} for p in patients], ckpt_dir=str(ckpt_dir),
-               output_dir=str(ckpt_dir / "eval"), **override)
+    run_bundle(
+        bundle_dir,
+        TRAIN_CONFIGS,
+        workflow_type="train",
+        datasets=[{"name": p} for p in patients],
+        ckpt_dir=str(ckpt_dir),
+        output_dir=str(ckpt_dir / "eval"),
+        **override,
+    )
     return ckpt_dir / read_config_value(bundle_dir, TRAIN_CONFIGS, "ckpt_name")
 
 
-def evaluate_real_model(checkpoint: str | os.PathLike, cases: Sequence[Mapping], output_dir: str | os.PathLike,
-                        bundle_dir: str | os.PathLike = DEFAULT_BUNDLE) -> dict:
+def evaluate_real_model(
+    checkpoint: str | os.PathLike, cases: Sequence[Mapping], output_dir: str | os.PathLike, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE
+) -> dict:
     """Dice and NSD per structure of ``checkpoint`` on ``cases`` (data dicts, optionally with a ``slab``).
 
     Returns ``{structure: {"dice": mean, "nsd": mean, "cases": n}}`` for the structures labelled in the cases.
     """
     checkpoint = Path(checkpoint).resolve()
     output_dir = Path(output_dir)
-    run_bundle(bundle_dir, EVAL_CONFIGS, workflow_type=None, ckpt_dir=str(checkpoint.parent), ckpt_name=checkpoint.name,
-               output_dir=str(output_dir), num_workers=0, **{"validate#dataset#data": [dict(c) for c in cases]})
+    run_bundle(
+        bundle_dir,
+        EVAL_CONFIGS,
+        workflow_type=None,
+        ckpt_dir=str(checkpoint.parent),
+        ckpt_name=checkpoint.name,
+        output_dir=str(output_dir),
+        num_workers=0,
+        **{"validate#dataset#data": [dict(c) for c in cases]},
+    )
     report = json.loads((output_dir / "per_structure.json").read_text(encoding="utf-8"))
-    return {name: {"dice": m["val_mean_dice"]["mean"], "nsd": m["val_nsd"]["mean"], "cases": m["val_mean_dice"]["cases"]}
-            for name, m in report.items() if m["val_mean_dice"]["cases"] > 0}
+    return {
+        name: {"dice": m["val_mean_dice"]["mean"], "nsd": m["val_nsd"]["mean"], "cases": m["val_mean_dice"]["cases"]}
+        for name, m in report.items()
+        if m["val_mean_dice"]["cases"] > 0
+    }
 
 
-def run_cross_patient(output_dir: str | os.PathLike = "outputs/cross_patient", epochs: int = 20, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
-                      shipped_checkpoint: str | os.PathLike | None = None, retrain: bool = False) -> list[dict]:
+def run_cross_patient(
+    output_dir: str | os.PathLike = "outputs/cross_patient",
+    epochs: int = 20,
+    bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+    shipped_checkpoint: str | os.PathLike | None = None,
+    retrain: bool = False,
+) -> list[dict]:
     """Train the single-patient models for ``epochs`` (when missing), evaluate them and the shipped model (trained
     with the recipe's own epochs when missing or ``retrain``); write the table.
 
@@ -93,7 +122,9 @@ def run_cross_patient(output_dir: str | os.PathLike = "outputs/cross_patient", e
             print(f"evaluating the model trained on {trained_on} on {kind} ({', '.join(evaluated)})", flush=True)
             scores = evaluate_real_model(checkpoint, eval_cases, output_dir / "evaluations" / name, bundle_dir)
             scores = {k: v for k, v in scores.items() if k in trained}
-            rows.append({"trained_on": trained_on, "evaluated_on": evaluated, "kind": kind, "checkpoint": str(checkpoint), "scores": scores})
+            rows.append(
+                {"trained_on": trained_on, "evaluated_on": evaluated, "kind": kind, "checkpoint": str(checkpoint), "scores": scores}
+            )
     write_atomic(output_dir / "cross_patient.json", json.dumps(rows, indent=2))
     write_atomic(output_dir / "cross_patient.md", table_markdown(rows))
     print(table_markdown(rows))
@@ -107,7 +138,10 @@ def table_markdown(rows: Sequence[Mapping], structures: Sequence[str] = KEY_STRU
     lines = [head, "|" + "---|" * (4 + len(structures))]
     for row in rows:
         scores = row["scores"]
-        cells = [f"{scores[s]['dice']:.3f} / {scores[s]['nsd']:.3f}" if s in scores and not math.isnan(scores[s]["dice"]) else "-" for s in structures]
+        cells = [
+            f"{scores[s]['dice']:.3f} / {scores[s]['nsd']:.3f}" if s in scores and not math.isnan(scores[s]["dice"]) else "-"
+            for s in structures
+        ]
         dice = [v["dice"] for v in scores.values() if not math.isnan(v["dice"])]
         mean = f"{sum(dice) / len(dice):.3f} ({len(dice)})" if dice else "-"
         lines.append(f"| {row['trained_on']} | {', '.join(row['evaluated_on'])} | {row['kind']} | " + " | ".join(cells) + f" | {mean} |")

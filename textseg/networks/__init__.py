@@ -3,4 +3,14 @@
 from .fusion import FUSIONS, ConcatFusion, CrossAttentionFusion, FiLMFusion, FiLMGenerator, Fusion, make_fusion
 from .text_swinunetr import GuidanceBlock, TextSwinUNETR
 
-__all__ = ["FUSIONS", "ConcatFusion", "CrossAttentionFusion", "FiLMFusion", "FiLMGenerator", "Fusion", "GuidanceBlock", "TextSwinUNETR", "make_fusion"]
+__all__ = [
+    "FUSIONS",
+    "ConcatFusion",
+    "CrossAttentionFusion",
+    "FiLMFusion",
+    "FiLMGenerator",
+    "Fusion",
+    "GuidanceBlock",
+    "TextSwinUNETR",
+    "make_fusion",
+]

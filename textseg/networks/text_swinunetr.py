@@ -177,8 +177,7 @@ class TextSwinUNETR(nn.Module):
         if not torch.jit.is_tracing():
             if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
                 raise ValueError(
-                    f"expected an image of shape [B, {self.in_channels}, {', '.join(['S'] * self.spatial_dims)}], "
-                    f"got {tuple(x.shape)}."
+                    f"expected an image of shape [B, {self.in_channels}, {', '.join(['S'] * self.spatial_dims)}], got {tuple(x.shape)}."
                 )
             if any(s % 32 or s < 64 for s in x.shape[2:]):
                 raise ValueError(f"spatial sizes must be divisible by 32 and at least 64, got {tuple(x.shape[2:])}.")

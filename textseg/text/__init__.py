@@ -1,15 +1,15 @@
 """Text side: encoders and precomputed embedding tables."""
 
 from .encoders import (
-    CLIPTextEncoder,
     DEFAULT_TEMPLATE,
+    LATERALITY_FEATURES,
+    CLIPTextEncoder,
     EmbeddingTable,
     MeanPoolingEncoder,
     MiniLMEncoder,
     TextEncoder,
     build_embedding_table,
     create_encoder,
-    LATERALITY_FEATURES,
     default_cache_dir,
     prompt_features,
     vocabulary_embedding_table,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from textseg.files import atomic_path
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -204,9 +205,7 @@ def create_encoder(name: str = "minilm") -> TextEncoder:
         config = Path(name) / "config.json"
         is_clip = config.is_file() and '"clip' in config.read_text(encoding="utf-8").lower()
         return CLIPTextEncoder(name) if is_clip else MeanPoolingEncoder(name)
-    raise ValueError(
-        f"unknown text encoder {name!r}: use {sorted(ENCODERS)}, 'clip:<dir>', 'bert:<dir>' or a local model directory."
-    )
+    raise ValueError(f"unknown text encoder {name!r}: use {sorted(ENCODERS)}, 'clip:<dir>', 'bert:<dir>' or a local model directory.")
 
 
 @dataclass
@@ -242,14 +241,10 @@ class EmbeddingTable:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
         payload = {"names": self.names, "embeddings": self.embeddings, "encoder": self.encoder, "template": self.template}
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddingTable:

@@ -25,8 +25,12 @@ def install() -> None:
         return
 
     def run_background_task(request, method, callback=None, debug=False):
-        task = {"id": str(uuid.uuid4()), "status": "SUBMITTED", "request": request,
-                "start_ts": datetime.today().strftime("%Y-%m-%d %H:%M:%S")}
+        task = {
+            "id": str(uuid.uuid4()),
+            "status": "SUBMITTED",
+            "request": request,
+            "start_ts": datetime.today().strftime("%Y-%m-%d %H:%M:%S"),
+        }
         utils.background_tasks.setdefault(method, [])
         utils.background_processes.setdefault(method, dict())
         if utils.background_executors.get(method) is None:

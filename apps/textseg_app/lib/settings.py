@@ -51,8 +51,10 @@ class AppSettings:
         app_dir = Path(app_dir).resolve()
         bundle_dir = Path(conf.get("bundle") or app_dir.parents[1] / "bundles" / "text_prompted_ct_segmentation").resolve()
         overlay = str(conf.get("bundle_overlay", "real_ct")).strip()
-        overlays = OVERLAYS[overlay] if overlay in OVERLAYS else tuple(
-            n if n.endswith(".json") else f"{n}.json" for n in overlay.split(",") if n.strip()
+        overlays = (
+            OVERLAYS[overlay]
+            if overlay in OVERLAYS
+            else tuple(n if n.endswith(".json") else f"{n}.json" for n in overlay.split(",") if n.strip())
         )
         configs = ("inference.json", *overlays)
         bundle_config_files(bundle_dir, configs)  # clear error when a config is missing
@@ -64,8 +66,9 @@ class AppSettings:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--conf device {device}: CUDA is not available on this machine; use cpu or auto.")
         preload = str(conf.get("preload", "false")).lower() in ("1", "true", "yes")
-        return cls(bundle_dir=bundle_dir, configs=configs, checkpoint=checkpoint, device=device, preload=preload,
-                   **_active_learning_conf(conf))
+        return cls(
+            bundle_dir=bundle_dir, configs=configs, checkpoint=checkpoint, device=device, preload=preload, **_active_learning_conf(conf)
+        )
 
     @property
     def overlays(self) -> tuple[str, ...]:
@@ -94,8 +97,13 @@ def _active_learning_conf(conf: dict) -> dict:
         out["active_learning_strategy"] = get_strategy(str(conf.get("active_learning_strategy", "clasp_pe"))).name
     except ValueError as e:
         raise ValueError(f"--conf active_learning_strategy: {e}") from e
-    for key, kind, low in (("active_learning_patch_size", int, 4), ("active_learning_rounds", int, 1),
-                           ("mc_dropout_samples", int, 0), ("mc_dropout_rate", float, 0.0), ("active_learning_seed", int, 0)):
+    for key, kind, low in (
+        ("active_learning_patch_size", int, 4),
+        ("active_learning_rounds", int, 1),
+        ("mc_dropout_samples", int, 0),
+        ("mc_dropout_rate", float, 0.0),
+        ("active_learning_seed", int, 0),
+    ):
         if key not in conf:
             continue
         try:
@@ -103,8 +111,10 @@ def _active_learning_conf(conf: dict) -> dict:
         except (TypeError, ValueError):
             raise ValueError(f"--conf {key} must be a number, got {conf[key]!r}.") from None
         if value < low or (key == "mc_dropout_rate" and value >= 1.0) or (key == "mc_dropout_samples" and value == 1):
-            raise ValueError(f"--conf {key} {value} is out of range (at least {low}"
-                             f"{'; 0 or >= 2 samples' if key == 'mc_dropout_samples' else ''}"
-                             f"{', below 1' if key == 'mc_dropout_rate' else ''}).")
+            raise ValueError(
+                f"--conf {key} {value} is out of range (at least {low}"
+                f"{'; 0 or >= 2 samples' if key == 'mc_dropout_samples' else ''}"
+                f"{', below 1' if key == 'mc_dropout_rate' else ''})."
+            )
         out[key] = value
     return out

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,11 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from textseg.active_learning import get_strategy, image_candidates, predict_probs
-from textseg.bundle import bundle_config_files
-
 from lib.checkpoints import require_matching_embeddings
 from lib.settings import AppSettings
+from textseg.active_learning import get_strategy, image_candidates, predict_probs
+from textseg.bundle import bundle_config_files
+from textseg.files import write_atomic
 
 __all__ = ["CandidateStore", "ImageScorer", "RECORDS_DIR"]
 
@@ -33,11 +32,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload))
 
 
 class CandidateStore:
@@ -145,12 +140,14 @@ class ImageScorer:
         patch = (self.settings.active_learning_patch_size,) * 3
         record = image_candidates(probs, self.class_names, patch, mc_probs=mc_probs, rng=seed)
         meta = image.meta
-        record.update({
-            "model": self.model_tag(),
-            "network_affine": np.asarray(image.affine, dtype=float).tolist(),
-            "image_affine": np.asarray(meta["original_affine"], dtype=float).tolist(),
-            "image_shape": [int(s) for s in np.asarray(meta["spatial_shape"]).tolist()],
-        })
+        record.update(
+            {
+                "model": self.model_tag(),
+                "network_affine": np.asarray(image.affine, dtype=float).tolist(),
+                "image_affine": np.asarray(meta["original_affine"], dtype=float).tolist(),
+                "image_shape": [int(s) for s in np.asarray(meta["spatial_shape"]).tolist()],
+            }
+        )
         return record
 
     @staticmethod

@@ -70,5 +70,7 @@ def score_images(scorer: ImageScorer, store: CandidateStore, datastore, ids: lis
             continue
         store.save(image_id, record)
         result["scored"].append(image_id)
-        logger.info(f"active-learning scoring {i}/{len(ids)}: {image_id} (mean entropy {record['mean_entropy']:.4f}, {time.time() - start:.1f} s)")
+        logger.info(
+            f"active-learning scoring {i}/{len(ids)}: {image_id} (mean entropy {record['mean_entropy']:.4f}, {time.time() - start:.1f} s)"
+        )
     return result

@@ -10,12 +10,11 @@ import nibabel as nib
 import numpy as np
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from textseg.active_learning import bbox_to_grid, get_strategy, select_next
-from textseg.geometry import box_world_corners
-
-from lib.activelearning.candidates import CandidateStore, ImageScorer
+from lib.activelearning.candidates import CandidateStore
 from lib.activelearning.scoring import UncertaintyScoring, records_dir, score_images
 from lib.settings import AppSettings
+from textseg.active_learning import bbox_to_grid, get_strategy, select_next
+from textseg.geometry import box_world_corners
 
 __all__ = ["TextsegStrategy"]
 

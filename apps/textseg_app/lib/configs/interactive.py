@@ -9,11 +9,10 @@ from typing import Any
 
 from monailabel.interfaces.config import TaskConfig
 
-from textseg.bundle import read_config_value
-
 from lib.infers import InteractiveInferTask
 from lib.settings import AppSettings
 from lib.trainers import TextPromptTrainTask
+from textseg.bundle import read_config_value
 
 __all__ = ["Interactive", "INTERACTIVE_OVERLAY", "interactive_settings"]
 

@@ -13,6 +13,8 @@ import torch
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
+from lib.infers.text_prompt import TextPromptInferTask
+from lib.settings import AppSettings
 from textseg.geometry import bbox_to_grid
 from textseg.prompts import prompt_structures
 from textseg.spatial import (
@@ -25,9 +27,6 @@ from textseg.spatial import (
     points_to_grid,
 )
 from textseg.vocabulary import load_vocabulary
-
-from lib.infers.text_prompt import TextPromptInferTask
-from lib.settings import AppSettings
 
 __all__ = ["InteractiveInferTask", "parse_points", "DEFAULT_CLICK_RADIUS"]
 
@@ -70,8 +69,11 @@ class InteractiveInferTask(TextPromptInferTask):
     answer as it is). Points outside the image, empty boxes or boxes of negative size answer 400 with a message.
     """
 
-    def __init__(self, settings: AppSettings, description: str = "Interactive segmentation: clicks (foreground/background), "
-                 "optional box and optional label or prompt"):
+    def __init__(
+        self,
+        settings: AppSettings,
+        description: str = "Interactive segmentation: clicks (foreground/background), optional box and optional label or prompt",
+    ):
         super().__init__(settings, default_prompt="", description=description)
         self.type = InferType.DEEPGROW
         self._config.update({"label": "", "foreground": [], "background": [], "click_radius": DEFAULT_CLICK_RADIUS})
@@ -95,11 +97,18 @@ class InteractiveInferTask(TextPromptInferTask):
         Raises:
             SpatialPromptError: malformed points, a point outside the image, an empty box or one of negative size.
         """
-        prompts = {"foreground": parse_points(request.get("foreground"), "foreground"),
-                   "background": parse_points(request.get("background"), "background"), "boxes": []}
+        prompts = {
+            "foreground": parse_points(request.get("foreground"), "foreground"),
+            "background": parse_points(request.get("background"), "background"),
+            "boxes": [],
+        }
         box = request.get("box")
         if box not in (None, "", []):
-            if not isinstance(box, (list, tuple)) or len(box) != 6 or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in box):
+            if (
+                not isinstance(box, (list, tuple))
+                or len(box) != 6
+                or any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in box)
+            ):
                 raise SpatialPromptError(f"box must be [x0, y0, z0, x1, y1, z1] (voxel coordinates, end exclusive), got {box!r}.")
             prompts["boxes"] = [[float(c) for c in box]]
         if shape is not None:
@@ -139,19 +148,33 @@ class InteractiveInferTask(TextPromptInferTask):
         except SpatialPromptError as e:
             raise HTTPException(status_code=400, detail=f"bad click: {e}") from e
         if len(candidates) > 1 and not prompts["foreground"]:
-            raise HTTPException(status_code=400, detail=(
-                f"the interactive model segments one structure: name it (params.label or params.prompt; it resolves to "
-                f"{len(candidates)} structures now) or give a foreground click on it."))
+            raise HTTPException(
+                status_code=400,
+                detail=(
+                    f"the interactive model segments one structure: name it (params.label or params.prompt; it resolves to "
+                    f"{len(candidates)} structures now) or give a foreground click on it."
+                ),
+            )
         if not self.settings.checkpoint.exists():
-            raise HTTPException(status_code=503, detail=self.settings.missing_checkpoint_message().replace(
-                "make demo", "make robustness (trains the interactive model)"))
+            raise HTTPException(
+                status_code=503,
+                detail=self.settings.missing_checkpoint_message().replace("make demo", "make robustness (trains the interactive model)"),
+            )
         self._local.choice = None
         result_file, result_json = super().__call__(request, callbacks)
         chosen = self._local.choice or candidates[0]
         table = load_vocabulary().label_table([chosen])
-        result_json.update({"targets": [chosen], "label_names": {row["name"]: row["id"] for row in table}, "labels": table,
-                            "structure": chosen, "candidates": candidates, "foreground": prompts["foreground"],
-                            "background": prompts["background"]})
+        result_json.update(
+            {
+                "targets": [chosen],
+                "label_names": {row["name"]: row["id"] for row in table},
+                "labels": table,
+                "structure": chosen,
+                "candidates": candidates,
+                "foreground": prompts["foreground"],
+                "background": prompts["background"],
+            }
+        )
         return result_file, result_json
 
     # --- BasicInferTask hooks --------------------------------------------------------------------------

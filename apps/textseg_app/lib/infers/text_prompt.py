@@ -16,13 +16,12 @@ from monai.transforms import Compose, SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from textseg.bundle import bundle_config_files
-from textseg.prompts import prompt_structures, resolve
-from textseg.vocabulary import load_vocabulary
-
 from lib.checkpoints import CheckpointMismatchError, require_matching_embeddings
 from lib.settings import AppSettings
 from lib.transforms import RestoreStringImageKeysd, StashStringImageKeysd
+from textseg.bundle import bundle_config_files
+from textseg.prompts import prompt_structures, resolve
+from textseg.vocabulary import load_vocabulary
 
 __all__ = ["TextPromptInferTask", "CheckpointMismatchError"]
 
@@ -43,8 +42,13 @@ class TextPromptInferTask(BasicInferTask):
         description: shown in /info.
     """
 
-    def __init__(self, settings: AppSettings, fixed_prompt: str | None = None, default_prompt: str = "segment the liver and kidneys",
-                 description: str = "Text-prompted CT segmentation"):
+    def __init__(
+        self,
+        settings: AppSettings,
+        fixed_prompt: str | None = None,
+        default_prompt: str = "segment the liver and kidneys",
+        description: str = "Text-prompted CT segmentation",
+    ):
         self.settings = settings
         self.fixed_prompt = fixed_prompt
         parser = ConfigParser()
@@ -139,7 +143,10 @@ class TextPromptInferTask(BasicInferTask):
         post = self._parser().get_parsed_content("postprocessing")
         post = list(post.transforms) if isinstance(post, Compose) else list(post)
         # MONAI Label's writer takes a [*S] label map (channel dropped) with the MetaTensor's affine
-        return [t for t in post if not isinstance(t, SaveImaged)] + [SqueezeDimd(keys=self.output_label_key, dim=0), RestoreStringImageKeysd()]
+        return [t for t in post if not isinstance(t, SaveImaged)] + [
+            SqueezeDimd(keys=self.output_label_key, dim=0),
+            RestoreStringImageKeysd(),
+        ]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         inferer = self.inferer(data)

@@ -12,11 +12,10 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.bundle import BundleTrainTask
 
+from lib.settings import AppSettings
 from textseg.app_support import annotated_structures, read_progress
 from textseg.bundle import bundle_config_files, run_bundle
 from textseg.vocabulary import load_vocabulary
-
-from lib.settings import AppSettings
 
 __all__ = ["TextPromptTrainTask", "DATASET_NAME"]
 
@@ -91,8 +90,16 @@ class TextPromptTrainTask(BundleTrainTask):
         handlers = list(self.raw_handlers)
         ckpt = self.settings.checkpoint
         if str(request.get("pretrained", True)).lower() in ("true", "1") and ckpt.exists():
-            handlers.insert(0, {"_target_": "CheckpointLoader", "load_path": str(ckpt), "load_dict": {"model": "@network"},
-                                "map_location": "cpu", "strict": True})
+            handlers.insert(
+                0,
+                {
+                    "_target_": "CheckpointLoader",
+                    "load_path": str(ckpt),
+                    "load_dict": {"model": "@network"},
+                    "map_location": "cpu",
+                    "strict": True,
+                },
+            )
         handlers.append({"_target_": "textseg.app_support.TrainProgressWriter", "path": str(self.progress_file)})
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         overrides = {

@@ -1,0 +1,34 @@
+"""Atomic writes: a failed write leaves the earlier file intact and no temporary file behind."""
+
+import pytest
+
+from textseg.files import atomic_path, write_atomic
+
+
+def test_write_atomic_replaces_and_keeps_utf8(tmp_path):
+    target = tmp_path / "sub" / "table.md"
+    write_atomic(target, "first")
+    write_atomic(target, "rotation 45°")
+    assert target.read_text(encoding="utf-8") == "rotation 45°"
+    assert [p.name for p in target.parent.iterdir()] == ["table.md"]
+
+
+def test_failed_write_keeps_the_earlier_result(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"earlier")
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"earlier"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_temporary_file_keeps_the_target_suffixes(tmp_path):
+    with atomic_path(tmp_path / "seg.nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+        tmp.write_bytes(b"x")
+    with atomic_path(tmp_path / "seg.nii.gz", suffix=".png") as tmp:
+        assert tmp.name.endswith(".png")
+        tmp.write_bytes(b"y")
+    assert (tmp_path / "seg.nii.gz").read_bytes() == b"y"
