@@ -7,7 +7,7 @@
 plus the sigmoid. "Scoring" = :func:`textseg.active_learning.score_image` on the same volume: the forward
 pass(es), the (K+1)-class uncertainty maps, patch aggregation and patch selection. Timings are medians of
 interleaved repeats (one inference, then each strategy), so a busy CPU slows all of them alike.
-Goal (issue 7): deterministic strategies (entropy, ClaSP PE) <= 2x one inference. MC-dropout strategies
+Goal: deterministic strategies (entropy, ClaSP PE) <= 2x one inference. MC-dropout strategies
 (BALD, PowerBALD) run one forward pass per sample, so expect about ``mc_samples`` x.
 """
 

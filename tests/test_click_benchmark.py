@@ -140,7 +140,7 @@ def test_click_benchmark_script_refuses_to_run_without_a_model(tmp_path, capsys)
 
 
 def test_make_robustness_runs_the_rotation_table_and_the_click_curves():
-    """The README's one command for issue 8: ``make robustness`` = bench_rotation.py then bench_clicks.py, args passed."""
+    """The robustness benchmarks' one command: ``make robustness`` = bench_rotation.py then bench_clicks.py, args passed."""
     import shutil
     import subprocess
 

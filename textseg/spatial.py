@@ -26,8 +26,12 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 
+from textseg.networks.text_swinunetr import GUIDANCE_CHANNELS
+
 __all__ = [
     "GUIDANCE_CHANNELS",
+    "check_box",
+    "check_point",
     "SpatialPromptError",
     "encode_spatial_prompts",
     "next_corrective_click",
@@ -42,15 +46,17 @@ __all__ = [
     "constrain_to_clicks",
 ]
 
-GUIDANCE_CHANNELS = ("positive_points", "negative_points", "box")
-"""The guidance volume's channels, in order."""
-
 
 class SpatialPromptError(ValueError):
     """A point or box that cannot be used: the message names it and the volume's size."""
 
 
-def _check_point(point: Sequence[float], shape: Sequence[int], what: str) -> tuple[float, ...]:
+def check_point(point: Sequence[float], shape: Sequence[int], what: str) -> tuple[float, ...]:
+    """Validate a voxel point ``(i, j, k)`` against a volume of size ``shape``; returns it as floats.
+
+    Raises:
+        SpatialPromptError: wrong number of coordinates or outside the volume; the message starts with ``what``.
+    """
     point = tuple(float(c) for c in point)
     if len(point) != len(shape):
         raise SpatialPromptError(f"{what} {point} has {len(point)} coordinates; the volume has {len(shape)} dimensions {tuple(shape)}.")
@@ -59,7 +65,13 @@ def _check_point(point: Sequence[float], shape: Sequence[int], what: str) -> tup
     return point
 
 
-def _check_box(box: Sequence[float], shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def check_box(box: Sequence[float], shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate a box ``[start_0..start_n, end_0..end_n]`` (voxels) against ``shape``; returns the clipped
+    integer ``(start, end)`` corners.
+
+    Raises:
+        SpatialPromptError: wrong length, negative or empty size, or entirely outside the volume.
+    """
     dims = len(shape)
     box = [float(c) for c in box]
     if len(box) != 2 * dims:
@@ -106,13 +118,13 @@ def encode_spatial_prompts(
     reach = int(np.ceil(4 * sigma))  # beyond 4 sigma the Gaussian is below 4e-4: only a window around each point is computed
     for channel, points, what in ((0, positive_points, "positive point"), (1, negative_points, "negative point")):
         for point in points:
-            point = _check_point(point, shape, what)
+            point = check_point(point, shape, what)
             window = tuple(slice(max(0, int(np.floor(c)) - reach), min(n, int(np.floor(c)) + reach + 2)) for c, n in zip(point, shape))
             axes = [torch.arange(w.start, w.stop, dtype=torch.float32) - c for w, c in zip(window, point)]
             squared = sum(a.reshape([-1 if i == d else 1 for i in range(len(shape))]) ** 2 for d, a in enumerate(axes))
             guidance[channel][window] = torch.maximum(guidance[channel][window], torch.exp(-squared / (2 * sigma**2)))
     for box in boxes:
-        lo, hi = _check_box(box, shape)
+        lo, hi = check_box(box, shape)
         guidance[2][tuple(slice(a, b) for a, b in zip(lo, hi))] = 1.0
     return guidance
 
@@ -197,7 +209,7 @@ def zoom_out_zoom_in(
     output = torch.zeros((1, 1, *spatial), dtype=coarse.dtype, device=coarse.device)
     region_mask = (coarse[0, 0] >= threshold).cpu().numpy()
     for point in include_points:
-        region_mask[tuple(int(round(c)) for c in _check_point(point, spatial, "point"))] = True
+        region_mask[tuple(int(round(c)) for c in check_point(point, spatial, "point"))] = True
     box = box_from_mask(region_mask)
     if box is None:
         return output
@@ -572,7 +584,7 @@ def constrain_to_clicks(
     reach = int(np.ceil(radius))
     for points, value, what in ((positive_points, foreground, "positive point"), (negative_points, background, "negative point")):
         for point in points:
-            point = _check_point(point, shape, what)
+            point = check_point(point, shape, what)
             window = tuple(slice(max(0, int(round(c)) - reach), min(n, int(round(c)) + reach + 1)) for c, n in zip(point, shape))
             axes = [torch.arange(w.start, w.stop, dtype=torch.float32, device=scores.device) - c for w, c in zip(window, point)]
             squared = sum(a.reshape([-1 if i == d else 1 for i in range(len(shape))]) ** 2 for d, a in enumerate(axes))

@@ -52,10 +52,6 @@ CLASS_MEASURE_PREFIX = "class:"
 """Measures ``class:<name>`` hold ClaSP PE's class-specific entropy ``U_c = H * pbar_c`` for class ``name``."""
 
 
-def _best_candidate(grid: torch.Tensor) -> float:
-    return float(grid.max()) if grid.numel() else 0.0
-
-
 def image_candidates(
     probs: torch.Tensor,
     class_names: Sequence[str],

@@ -77,7 +77,7 @@ class SimulationConfig:
     Attributes:
         output_dir: where state, results and the plot go.
         strategies: registered strategy names (see :data:`~textseg.active_learning.strategies.STRATEGIES`);
-            the default compares ClaSP PE with the two random baselines (issue 7's question) at a CPU cost of
+            the default compares ClaSP PE with the two random baselines (does ClaSP PE beat random?) at a CPU cost of
             about 10 minutes per seed; add ``entropy``, ``bald``, ``power_entropy``, ``power_bald`` at will
             (to the same output folder: finished runs are kept).
         seeds: one run per strategy and seed; a seed fixes the starting budget, the initial weights and the

@@ -1,10 +1,11 @@
 """Text-conditioned segmentation networks."""
 
 from .fusion import FUSIONS, ConcatFusion, CrossAttentionFusion, FiLMFusion, FiLMGenerator, Fusion, make_fusion
-from .text_swinunetr import GuidanceBlock, TextSwinUNETR
+from .text_swinunetr import GUIDANCE_CHANNELS, GuidanceBlock, TextSwinUNETR
 
 __all__ = [
     "FUSIONS",
+    "GUIDANCE_CHANNELS",
     "ConcatFusion",
     "CrossAttentionFusion",
     "FiLMFusion",

@@ -11,7 +11,10 @@ from torch import nn
 
 from .fusion import FUSIONS, make_fusion
 
-__all__ = ["GuidanceBlock", "TextSwinUNETR"]
+__all__ = ["GUIDANCE_CHANNELS", "GuidanceBlock", "TextSwinUNETR"]
+
+GUIDANCE_CHANNELS = ("positive_points", "negative_points", "box")
+"""The channels of a spatial prompt (guidance volume [K, 3, *S]) that the interactive network takes, in order."""
 
 
 class GuidanceBlock(nn.Module):
@@ -23,7 +26,7 @@ class GuidanceBlock(nn.Module):
 
     Args:
         channels: feature channels C (input and output).
-        guidance_channels: guidance channels G (see :data:`textseg.spatial.GUIDANCE_CHANNELS`).
+        guidance_channels: guidance channels G (see :data:`GUIDANCE_CHANNELS`).
         spatial_dims: 2 or 3.
     """
 
@@ -145,8 +148,6 @@ class TextSwinUNETR(nn.Module):
         self.guidance = None
         self.guidance_channels = 0
         if spatial_prompts:
-            from textseg.spatial import GUIDANCE_CHANNELS
-
             self.guidance_channels = len(GUIDANCE_CHANNELS)
             self.guidance = nn.ModuleList(
                 [GuidanceBlock(head_channels, self.guidance_channels, spatial_dims) for _ in self.conditioned_stages]

@@ -112,11 +112,6 @@ class MeanPoolingEncoder(LocalModelEncoder):
     def _dim(self, config) -> int:
         return int(config.hidden_size)
 
-    @property
-    def embedding_dim(self) -> int:
-        self._load()
-        return self.dim
-
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """

@@ -19,8 +19,8 @@ from textseg.geometry import bbox_to_grid
 from textseg.prompts import prompt_structures
 from textseg.spatial import (
     SpatialPromptError,
-    _check_box,
-    _check_point,
+    check_box,
+    check_point,
     constrain_to_clicks,
     encode_spatial_prompts,
     infer_with_guidance,
@@ -114,14 +114,14 @@ class InteractiveInferTask(TextPromptInferTask):
         if shape is not None:
             shape = tuple(int(s) for s in shape)
             for p in prompts["foreground"]:
-                _check_point(p, shape, "foreground point")
+                check_point(p, shape, "foreground point")
             for p in prompts["background"]:
-                _check_point(p, shape, "background point")
+                check_point(p, shape, "background point")
             for b in prompts["boxes"]:
-                _check_box(b, shape)
+                check_box(b, shape)
         else:  # image size unknown yet (checked again on the image): at least refuse empty boxes and negative sizes
             for b in prompts["boxes"]:
-                _check_box(b, (2**31,) * 3)
+                check_box(b, (2**31,) * 3)
         return prompts
 
     @staticmethod
