@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or args.bundle / "models" / "model_interactive.pt"
     stale = False
     if checkpoint.is_file():
-        from textseg.demo import checkpoint_matches
+        from textseg.checkpoints import checkpoint_matches
 
         stale = not checkpoint_matches(checkpoint, args.bundle, OVERLAYS)
     if not checkpoint.is_file() or stale:

@@ -7,7 +7,8 @@ import nibabel as nib
 import pytest
 from conftest import BUNDLE_DIR
 
-from textseg.demo import checkpoint_matches, run_phantom_demo
+from textseg.checkpoints import checkpoint_matches
+from textseg.demo import TINY_CONFIGS, run_phantom_demo
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +19,7 @@ def test_demo_runs_end_to_end_and_reuses_its_checkpoint(tmp_path, capsys):
     kwargs = dict(output_dir=tmp_path / "out", bundle_dir=bundle, data_dir=tmp_path / "data", epochs=1, num_train=5, num_test=1)
     report = run_phantom_demo(**kwargs)
     checkpoint = bundle / "models" / "model_tiny.pt"
-    assert checkpoint.exists() and checkpoint_matches(checkpoint, bundle)
+    assert checkpoint.exists() and checkpoint_matches(checkpoint, bundle, TINY_CONFIGS)
     (case,) = report["cases"]
     assert set(case["dice"]) == {"liver", "kidney_left", "kidney_right"}
     assert all(0.0 <= d <= 1.0 for d in case["dice"].values())
@@ -40,7 +41,7 @@ def test_demo_runs_end_to_end_and_reuses_its_checkpoint(tmp_path, capsys):
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     renamed = {("film." + k[len("fusion.") :] if k.startswith("fusion.") else k): v for k, v in state.items()}
     torch.save(renamed, tmp_path / "old_layout.pt")
-    assert not checkpoint_matches(tmp_path / "old_layout.pt", bundle)
+    assert not checkpoint_matches(tmp_path / "old_layout.pt", bundle, TINY_CONFIGS)
     state["class_embeddings"] = state["class_embeddings"] + 0.1
     torch.save(state, tmp_path / "other_embeddings.pt")
-    assert not checkpoint_matches(tmp_path / "other_embeddings.pt", bundle)
+    assert not checkpoint_matches(tmp_path / "other_embeddings.pt", bundle, TINY_CONFIGS)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, read_config_value, run_bundle
+from textseg.checkpoints import checkpoint_matches
 from textseg.files import write_atomic
 from textseg.segment import SegmentationResult, dice_per_structure, segment
 
@@ -23,7 +24,6 @@ __all__ = [
     "EXAMPLE_CT",
     "EXAMPLE_LABELS",
     "TINY_CONFIGS",
-    "checkpoint_matches",
     "train_bundle",
     "run_demo",
     "run_phantom_demo",
@@ -61,27 +61,6 @@ def train_bundle(
         val_interval=min(val_interval, epochs),
         **override,
     )
-
-
-def checkpoint_matches(
-    checkpoint: str | os.PathLike, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE, overlays: Sequence[str] = TINY_CONFIGS
-) -> bool:
-    """Whether a checkpoint fits today's bundle: the same network (parameter names and shapes) and the bundle's
-    classes with today's prompt embeddings (same encoder, template and vocabulary). Otherwise it must be retrained."""
-    import torch
-    from monai.bundle import ConfigParser
-
-    from textseg.bundle import bundle_config_files
-    from textseg.handlers import embeddings_match
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    parser = ConfigParser()
-    parser.read_config(bundle_config_files(bundle_dir, ["inference.json", *overlays]))
-    network = parser.get_parsed_content("network_def")
-    expected_shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    if {k: tuple(v.shape) for k, v in state.items()} != expected_shapes:
-        return False
-    return embeddings_match(state.get("class_embeddings"), parser.get_parsed_content("class_embeddings"))
 
 
 def run_demo(
@@ -155,7 +134,7 @@ def run_phantom_demo(
     print(f"[1/3] phantom dataset in {data_dir}")
     make_phantom_dataset(data_dir, num_train=num_train, num_test=num_test, seed=seed)
     checkpoint = Path(bundle_dir) / "models" / "model_tiny.pt"
-    if checkpoint.exists() and not retrain and not checkpoint_matches(checkpoint, bundle_dir):
+    if checkpoint.exists() and not retrain and not checkpoint_matches(checkpoint, bundle_dir, TINY_CONFIGS):
         print(f"      {checkpoint} was trained with another network or other prompt embeddings: training again")
         retrain = True
     if retrain or not checkpoint.exists():

@@ -9,20 +9,12 @@ from pathlib import Path
 import torch
 from monai.utils import min_version, optional_import
 
+from textseg.checkpoints import require_matching_embeddings
 from textseg.files import atomic_path
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["PromptEmbeddingCheck", "ResumableTraining", "embeddings_match"]
-
-
-def embeddings_match(stored: torch.Tensor | None, expected: torch.Tensor, atol: float = 1e-4) -> bool:
-    """Whether a checkpoint's ``class_embeddings`` equal those the current text configuration gives."""
-    if stored is None:
-        return False
-    stored = torch.as_tensor(stored).detach().float().cpu()
-    expected = torch.as_tensor(expected).float().cpu()
-    return stored.shape == expected.shape and torch.allclose(stored, expected, atol=atol)
+__all__ = ["PromptEmbeddingCheck", "ResumableTraining"]
 
 
 class PromptEmbeddingCheck:
@@ -47,13 +39,7 @@ class PromptEmbeddingCheck:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine=None) -> None:
-        stored = self.network.class_embeddings
-        if not embeddings_match(stored, self.expected):
-            raise ValueError(
-                f"the checkpoint was trained with other prompt embeddings (shape {tuple(stored.shape)}) than the "
-                f"configured text encoder {self.text_encoder!r} gives (shape {tuple(self.expected.shape)}): use the encoder "
-                "and template it was trained with (see the bundle's metadata), or retrain."
-            )
+        require_matching_embeddings(self.network.class_embeddings, self.expected, text_encoder=self.text_encoder)
 
 
 class ResumableTraining:

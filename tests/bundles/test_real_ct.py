@@ -125,7 +125,7 @@ def test_shipped_checkpoint_is_listed_with_its_hash():
 
 
 def test_shipped_checkpoint_matches_the_shipped_configs():
-    from textseg.demo import checkpoint_matches
+    from textseg.checkpoints import checkpoint_matches
 
     assert checkpoint_matches(SHIPPED, BUNDLE_DIR, SHIPPED_CONFIGS[1:])
 

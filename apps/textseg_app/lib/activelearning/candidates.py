@@ -15,10 +15,10 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from lib.checkpoints import require_matching_embeddings
 from lib.settings import AppSettings
 from textseg.active_learning import get_strategy, image_candidates, predict_probs
 from textseg.bundle import bundle_config_files
+from textseg.checkpoints import require_matching_embeddings
 from textseg.files import write_atomic
 
 __all__ = ["CandidateStore", "ImageScorer", "RECORDS_DIR"]

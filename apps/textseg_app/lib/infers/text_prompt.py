@@ -16,10 +16,10 @@ from monai.transforms import Compose, SaveImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.checkpoints import CheckpointMismatchError, require_matching_embeddings
 from lib.settings import AppSettings
 from lib.transforms import RestoreStringImageKeysd, StashStringImageKeysd
 from textseg.bundle import bundle_config_files
+from textseg.checkpoints import CheckpointMismatchError, require_matching_embeddings
 from textseg.prompts import prompt_structures, resolve
 from textseg.vocabulary import load_vocabulary
 
