@@ -30,6 +30,12 @@ from textseg.vocabulary import UnknownStructureError
         ("kidney (L)", ["kidney_left"]),
         ("right kidney; urinary bladder", ["kidney_right", "urinary_bladder"]),
         ("liver and liver", ["liver"]),
+        ("the second cervical vertebra", ["vertebrae_C2"]),
+        ("first lumbar vertebra and the 12th thoracic vertebra", ["vertebrae_L1", "vertebrae_T12"]),
+        ("third left rib", ["rib_left_3"]),
+        ("L1", ["vertebrae_L1"]),
+        ("atlas and axis", ["vertebrae_C1", "vertebrae_C2"]),
+        ("lefft kidnye and spleeen", ["kidney_left", "spleen"]),
     ],
 )
 def test_resolve(prompt, expected):

@@ -83,8 +83,17 @@ class LocalModelEncoder(TextEncoder):
 
             if not self.model_path.is_dir():
                 raise FileNotFoundError(f"text encoder directory not found: {self.model_path}")
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
-            model = self._model_class().from_pretrained(str(self.model_path), local_files_only=True)
+            from transformers.utils import logging as hf_logging
+
+            # a local load of a small encoder: transformers' "Loading weights" bar would only clutter our own output
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_path), local_files_only=True)
+                model = self._model_class().from_pretrained(str(self.model_path), local_files_only=True)
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
             self._model = model.to(self.device).eval()
             self.dim = self._dim(self._model.config)
         return self._tokenizer, self._model
