@@ -14,14 +14,15 @@ bundle's model card (docs/README.md).
 import argparse
 import sys
 
-from textseg.ablation import FUSION_OVERLAYS, run_fusion_ablation
+from textseg.ablation import run_fusion_ablation
+from textseg.networks import FUSIONS
 
 CHEAP_NETWORK = {"network_def#depths": [1, 1, 1, 1], "network_def#conditioned_stages": [2, 3]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fusions", nargs="+", default=list(FUSION_OVERLAYS), choices=list(FUSION_OVERLAYS))
+    parser.add_argument("--fusions", nargs="+", default=list(FUSIONS), choices=list(FUSIONS))
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--num-train", type=int, default=16)
     parser.add_argument("--num-test", type=int, default=4)

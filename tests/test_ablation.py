@@ -19,7 +19,12 @@ def test_ablation_trains_and_scores_every_fusion(tmp_path):
         assert math.isnan(dice) or 0.0 <= dice <= 1.0
         assert len(r["structures"]) == 10
     checkpoints = sorted(p.name for p in (tmp_path / "out").rglob("*.pt"))
-    assert checkpoints == ["model_concat.pt", "model_cross_attention.pt", "model_tiny.pt"]
+    assert checkpoints == ["model_concat.pt", "model_cross_attention.pt", "model_film.pt"]
+    import torch
+
+    # each run trained the network of its fusion: the saved parameters differ in their names
+    keys = {f: frozenset(torch.load(tmp_path / "out" / f / f"model_{f}.pt", map_location="cpu", weights_only=True)) for f in parameters}
+    assert len(set(keys.values())) == 3
     assert json.loads((tmp_path / "out" / "ablation.json").read_text(encoding="utf-8")) == json.loads(json.dumps(results))
     table = (tmp_path / "out" / "ablation.md").read_text(encoding="utf-8")
     assert table == ablation_markdown(results) and "| cross_attention |" in table

@@ -17,11 +17,9 @@ from pathlib import Path
 
 from textseg.bundle import DEFAULT_BUNDLE, bundle_config_files, run_bundle
 from textseg.files import write_atomic
+from textseg.networks import FUSIONS
 
-__all__ = ["FUSION_OVERLAYS", "METRICS", "ablation_markdown", "plot_ablation", "run_fusion_ablation"]
-
-FUSION_OVERLAYS = {"film": (), "concat": ("fusion_concat.json",), "cross_attention": ("fusion_cross_attention.json",)}
-"""Fusion -> the bundle overlays selecting it (FiLM is the base configuration)."""
+__all__ = ["METRICS", "ablation_markdown", "plot_ablation", "run_fusion_ablation"]
 
 METRICS = {"val_mean_dice": "Dice", "val_nsd": "NSD", "val_hd95": "HD95 (mm)", "val_volume_similarity": "Vol. sim."}
 """Evaluation metric -> column title."""
@@ -43,7 +41,7 @@ def _parameter_count(bundle_dir: Path, configs: Sequence[str], overrides: dict) 
 
 def run_fusion_ablation(
     output_dir: str | os.PathLike = "outputs/ablation",
-    fusions: Sequence[str] = tuple(FUSION_OVERLAYS),
+    fusions: Sequence[str] = tuple(FUSIONS),
     data_dir: str | os.PathLike = "data/phantom_ablation",
     num_train: int = 16,
     num_test: int = 4,
@@ -58,7 +56,7 @@ def run_fusion_ablation(
 
     Args:
         output_dir: results folder (one subfolder per fusion with its checkpoint and evaluation).
-        fusions: names among :data:`FUSION_OVERLAYS`.
+        fusions: names among :data:`textseg.networks.FUSIONS` (each run sets the bundle's ``fusion`` key).
         data_dir: phantom dataset folder (generated, or reused when it matches).
         num_train, num_test: phantom cases for training and evaluation.
         epochs: training epochs of every fusion (validation, which picks the checkpoint, runs every 5).
@@ -75,9 +73,9 @@ def run_fusion_ablation(
     """
     from textseg.phantom import make_phantom_dataset
 
-    unknown = [f for f in fusions if f not in FUSION_OVERLAYS]
+    unknown = [f for f in fusions if f not in FUSIONS]
     if unknown or not fusions:
-        raise ValueError(f"unknown fusion(s) {unknown}; choose among {sorted(FUSION_OVERLAYS)}.")
+        raise ValueError(f"unknown fusion(s) {unknown}; choose among {sorted(FUSIONS)}.")
     if epochs < 1 or num_train < 2 or num_test < 1:
         raise ValueError(f"need epochs >= 1, num_train >= 2 and num_test >= 1, got {epochs}, {num_train}, {num_test}.")
     bundle_dir = Path(bundle_dir).resolve()
@@ -102,7 +100,8 @@ def run_fusion_ablation(
         **overrides,
     )
     for index, fusion in enumerate(fusions, 1):
-        overlays = [*size_overlays, *FUSION_OVERLAYS[fusion]]
+        overlays = list(size_overlays)
+        chosen = {"fusion": fusion, "ckpt_name": f"model_{fusion}.pt"}
         run_dir = (output_dir / fusion).resolve()
         print(f"[{index}/{len(fusions)}] {fusion}: training {epochs} epochs on {num_train} phantoms -> {run_dir}", flush=True)
         started = time.perf_counter()
@@ -115,6 +114,7 @@ def run_fusion_ablation(
             epochs=epochs,
             val_interval=min(5, epochs),
             num_val=min(2, num_train - 1),
+            **chosen,
             **common,
         )
         train_seconds = time.perf_counter() - started
@@ -125,6 +125,7 @@ def run_fusion_ablation(
             workflow_type="infer",
             ckpt_dir=str(run_dir),
             output_dir=str(run_dir / "evaluation"),
+            **chosen,
             **common,
         )
         per_structure = json.loads((run_dir / "evaluation" / "per_structure.json").read_text(encoding="utf-8"))
@@ -132,7 +133,7 @@ def run_fusion_ablation(
         results["fusions"][fusion] = {
             "structures": structures,
             "mean": {m: _mean([s[m] for s in structures.values()]) for m in METRICS},
-            "parameters": _parameter_count(bundle_dir, ["train.json", *overlays], overrides),
+            "parameters": _parameter_count(bundle_dir, ["train.json", *overlays], {**(overrides or {}), "fusion": fusion}),
             "train_seconds": round(train_seconds, 1),
         }
     output_dir.mkdir(parents=True, exist_ok=True)
