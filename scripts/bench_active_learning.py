@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from textseg.active_learning import score_image  # noqa: E402
 from textseg.active_learning.simulation import build_network, make_phantom_pool  # noqa: E402
+from textseg.bundle import network_overrides  # noqa: E402
 from textseg.files import write_atomic  # noqa: E402
 from textseg.phantom import PHANTOM_LABELS  # noqa: E402
 
@@ -36,8 +37,7 @@ GOAL = 2.0
 
 def tiny_network_kwargs() -> dict:
     """The network sizes of the bundle's tiny overlay (``network_def#...`` keys of tiny.json)."""
-    overlay = json.loads(TINY.read_text(encoding="utf-8"))
-    return {k.split("#", 1)[1]: v for k, v in overlay.items() if k.startswith("network_def#")}
+    return network_overrides(TINY.parents[1], "tiny.json")
 
 
 def main(argv=None) -> int:

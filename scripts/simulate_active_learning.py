@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from textseg.active_learning.simulation import DEFAULT_NETWORK, SimulationConfig, report_finished, run_simulation  # noqa: E402
+from textseg.active_learning.simulation import SimulationConfig, default_network, report_finished, run_simulation  # noqa: E402
 from textseg.active_learning.strategies import STRATEGIES  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         learning_rate=args.learning_rate,
         mc_samples=args.mc_samples,
         text_encoder=args.text_encoder,
-        network=dict(DEFAULT_NETWORK),
+        network=default_network(),
         threads=args.threads,
     )
     if args.quick:

@@ -12,6 +12,7 @@ from textseg.vocabulary import Vocabulary, load_vocabulary
 
 __all__ = [
     "DEFAULT_BUNDLE",
+    "network_overrides",
     "SHIPPED_CONFIGS",
     "bundle_config_files",
     "run_bundle",
@@ -92,6 +93,19 @@ def read_config_value(bundle_dir: str | os.PathLike, config: str | Sequence[str]
     if not found:
         raise KeyError(f"{', '.join(names)} in {bundle_dir} have no {key!r}")
     return value
+
+
+def network_overrides(bundle_dir: str | os.PathLike, config: str | Sequence[str]) -> dict:
+    """The network arguments an overlay sets (its ``network_def#<argument>`` keys, configs merged in order), e.g.
+    ``{"feature_size": 12, ...}`` for ``tiny.json``: code that builds the same network outside the bundle reads them
+    here instead of copying them."""
+    names = [config] if isinstance(config, str) else list(config)
+    arguments = {}
+    for path in bundle_config_files(bundle_dir, names):
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+        arguments.update({k.split("#", 1)[1]: v for k, v in content.items() if k.startswith("network_def#")})
+    return arguments
 
 
 def generated_metadata(metadata: Mapping, class_names: Sequence[str], vocabulary: Vocabulary | None = None) -> dict:
