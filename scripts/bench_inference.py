@@ -3,10 +3,12 @@
 For each image (the shipped example CT, and the same CT resampled to 512 x 512 in-plane with ~N slices, like a
 clinical series), a fresh process runs the bundle's own pipeline (``inference.json`` + ``real_ct.json``) stage
 by stage and reports seconds for loading+preprocessing, the network (sliding window), post-processing, and the
-process's peak RSS. Post-processing is measured two ways on the same network output:
+process's peak RSS after each stage (the peak is cumulative: the stage where it jumps is the one that costs).
+Post-processing is measured three ways on the same network output:
 
-- ``label map`` (what the bundle does): argmax/threshold on the network grid, then invert the label map
-  (nearest neighbour) to the input grid;
+- ``label map`` (what the bundle does): argmax/threshold on the network grid, then ``InvertLabelMapd`` gathers
+  the label map back to the input grid (nearest neighbour, three 1-D index vectors);
+- ``label map, Invertd``: the same with MONAI's ``Invertd`` (a dense sampling grid of the input's size);
 - ``probabilities``: invert the K probability channels (trilinear) to the input grid, then argmax.
 
     python scripts/bench_inference.py                      # example CT + a 512x512x300 version
@@ -28,13 +30,20 @@ from pathlib import Path
 PROMPT = "segment the liver, spleen and kidneys"
 
 
-def _child(image: str, prompt: str, probabilities: bool) -> dict:
+MODES = ("label map", "label map, Invertd", "probabilities")
+
+
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _child(image: str, prompt: str, mode: str) -> dict:
     import torch
     from monai.bundle import ConfigParser
     from monai.transforms import Compose, Invertd
 
     from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, bundle_config_files
-    from textseg.transforms import ProbabilitiesToLabelMapd
+    from textseg.transforms import InvertLabelMapd, ProbabilitiesToLabelMapd
 
     torch.set_grad_enabled(False)
     parser = ConfigParser()
@@ -51,16 +60,20 @@ def _child(image: str, prompt: str, probabilities: bool) -> dict:
     start = time.perf_counter()
     data = preprocessing({"image": image})
     times["load_and_preprocess_s"] = time.perf_counter() - start
+    times["peak_after_preprocess_gib"] = _peak_gib()
     start = time.perf_counter()
     logits = inferer(data["image"][None], network, text_embedding=torch.as_tensor(data["text_embedding"])[None])[0]
     times["network_s"] = time.perf_counter() - start
+    times["peak_after_network_gib"] = _peak_gib()
     data["pred"] = torch.sigmoid(logits)
     data["pred"].applied_operations = data["image"].applied_operations
     to_labels = ProbabilitiesToLabelMapd(keys="pred", label_ids=target_ids, threshold=0.5)
-    if probabilities:
+    if mode == "probabilities":
         post = Compose([Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False), to_labels])
-    else:
+    elif mode == "label map, Invertd":
         post = Compose([to_labels, Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=True)])
+    else:
+        post = Compose([to_labels, InvertLabelMapd(keys="pred", transform=preprocessing)])
     start = time.perf_counter()
     out = post(data)["pred"]
     times["postprocess_s"] = time.perf_counter() - start
@@ -68,7 +81,7 @@ def _child(image: str, prompt: str, probabilities: bool) -> dict:
         **times,
         "network_grid": list(data["image"].shape[1:]),
         "output_shape": list(out.shape[1:]),
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": _peak_gib(),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -97,10 +110,10 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=300, help="slices of the 512x512 version (0: skip it)")
     parser.add_argument("--output", default="outputs/bench_inference.json")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--probabilities", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, default=MODES[0], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(*args.child, probabilities=args.probabilities)))
+        print(json.dumps(_child(*args.child, mode=args.mode)))
         return 0
     from textseg.demo import EXAMPLE_CT
 
@@ -108,21 +121,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         images = [EXAMPLE_CT] + ([_resampled(EXAMPLE_CT, 512, args.slices, Path(tmp))] if args.slices else [])
         for image in images:
-            for probabilities in (False, True):
-                command = [sys.executable, __file__, "--child", str(image), PROMPT] + (["--probabilities"] if probabilities else [])
+            for mode in MODES:
+                command = [sys.executable, __file__, "--child", str(image), PROMPT, "--mode", mode]
                 result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
                 if result.returncode != 0:
                     print(result.stderr[-3000:], file=sys.stderr)
                     return 1
                 row = {
                     "image": image.name,
-                    "postprocessing": "probabilities" if probabilities else "label map",
+                    "postprocessing": mode,
                     **json.loads(result.stdout.strip().splitlines()[-1]),
                 }
                 rows.append(row)
                 print(
-                    f"{row['image']:<28} {row['postprocessing']:<13} preprocess {row['load_and_preprocess_s']:6.1f} s  "
-                    f"network {row['network_s']:6.1f} s  post {row['postprocess_s']:6.1f} s  peak RSS {row['peak_rss_gib']:.2f} GiB",
+                    f"{row['image']:<28} {row['postprocessing']:<18} preprocess {row['load_and_preprocess_s']:6.1f} s  "
+                    f"network {row['network_s']:6.1f} s  post {row['postprocess_s']:6.1f} s  peak RSS after preprocessing "
+                    f"{row['peak_after_preprocess_gib']:.2f}, network {row['peak_after_network_gib']:.2f}, "
+                    f"post-processing {row['peak_rss_gib']:.2f} GiB",
                     flush=True,
                 )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import (
     EnsureTyped,
+    Invertd,
     LoadImaged,
     MapTransform,
     Orientationd,
@@ -34,6 +35,7 @@ __all__ = [
     "SamplePromptsd",
     "MaskUnsupervisedd",
     "ProbabilitiesToLabelMapd",
+    "InvertLabelMapd",
     "AtomicNibabelWriter",
     "AnswerPromptd",
 ]
@@ -442,6 +444,75 @@ class ProbabilitiesToLabelMapd(MapTransform):
                 if isinstance(probs, MetaTensor)
                 else labels
             )
+        return d
+
+
+class InvertLabelMapd(MapTransform):
+    """Map an integer label map from the network grid back to the input image's grid (nearest neighbour).
+
+    ``Invertd`` inverts the preprocessing's ``Spacingd``/``Orientationd`` with a dense sampling grid: for a
+    512 x 512 x 800 CT that is several GB of float coordinates for one uint8-worth label map. When the two grids
+    are axis-aligned (the input's voxel axes are a permutation of the network grid's, as after orientation and
+    spacing without a rotation), every input-grid index along one axis picks one network-grid index along another,
+    so the label map is gathered with three 1-D index vectors: the only large array is the output itself. Voxel
+    centres are matched in world coordinates, so the result is nearest-neighbour inversion; other grids (an oblique
+    scan with ``canonicalize``) fall back to ``Invertd``.
+
+    Args:
+        keys: label-map key(s), [1, *S] on the network grid (the grid of ``orig_key``).
+        transform: the preprocessing, for the ``Invertd`` fallback.
+        orig_key: the preprocessed image whose metadata hold the input grid (``original_affine``, ``spatial_shape``).
+    """
+
+    def __init__(self, keys: KeysCollection, transform, orig_key: str = "image", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.orig_key = orig_key
+        self.fallback = Invertd(keys, transform=transform, orig_keys=orig_key, nearest_interp=True, to_tensor=True)
+
+    @staticmethod
+    def axis_indices(src_affine, dst_affine, src_shape, dst_shape) -> list[tuple[int, np.ndarray]] | None:
+        """For each source (network-grid) axis p: the input-grid axis q it follows and, per input index along q,
+        the nearest source index (-1 outside); ``None`` when the grids are not axis-aligned."""
+        mapping = np.linalg.solve(np.asarray(src_affine, dtype=np.float64), np.asarray(dst_affine, dtype=np.float64))
+        rotation = mapping[:3, :3]
+        tolerance = 1e-4 * np.abs(rotation).max()
+        nonzero = np.abs(rotation) > tolerance
+        if not (nonzero.sum(axis=0) == 1).all() or not (nonzero.sum(axis=1) == 1).all():
+            return None
+        axes = []
+        for p in range(3):
+            q = int(np.argmax(np.abs(rotation[p])))
+            index = np.rint(rotation[p, q] * np.arange(dst_shape[q]) + mapping[p, 3]).astype(np.int64)  # ties to even, as grid_sample
+            index[(index < 0) | (index >= src_shape[p])] = -1
+            axes.append((q, index))
+        return axes
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = d[self.orig_key]
+        if not isinstance(image, MetaTensor) or "original_affine" not in image.meta or "spatial_shape" not in image.meta:
+            return self.fallback(d)
+        dst_affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
+        dst_shape = [int(s) for s in np.asarray(image.meta["spatial_shape"]).ravel()]
+        for key in self.key_iterator(d):
+            labels = d[key]
+            if tuple(labels.shape[1:]) != tuple(image.shape[1:]) or labels.shape[0] != 1 or len(dst_shape) != 3:
+                return self.fallback(d)
+            axes = self.axis_indices(image.affine, dst_affine, labels.shape[1:], dst_shape)
+            if axes is None:
+                return self.fallback(d)
+            source = torch.as_tensor(labels)[0]
+            # gather along the source axes with clipped indices, then zero what lies outside the source grid
+            gathered = source[np.ix_(*[np.clip(index, 0, None) for _, index in axes])]
+            for p, (_, index) in enumerate(axes):
+                outside = torch.as_tensor(index < 0)
+                if outside.any():
+                    gathered.index_fill_(p, torch.nonzero(outside).flatten(), 0)
+            order = [p for q in range(3) for p, (axis, _) in enumerate(axes) if axis == q]
+            inverted = gathered.permute(order).contiguous()[None]
+            meta = dict(labels.meta) if isinstance(labels, MetaTensor) else {}
+            meta.update(affine=torch.as_tensor(dst_affine), spatial_shape=np.asarray(dst_shape))
+            d[key] = MetaTensor(inverted, meta=meta)
         return d
 
 
