@@ -59,6 +59,7 @@ class Browser:
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=self.timeout, suppress_origin=True)
         self.send("Page.enable")
         self.send("Network.enable")
+        self.send("Runtime.enable")  # page errors arrive as Runtime.exceptionThrown events
         return self
 
     def __exit__(self, *exc) -> None:
@@ -141,6 +142,20 @@ class Browser:
 
     def post_data(self, request_id: str) -> str:
         return self.send("Network.getRequestPostData", requestId=request_id).get("postData", "")
+
+    def page_errors(self) -> list[str]:
+        """Uncaught JavaScript exceptions of the page so far (``Runtime.exceptionThrown``), as their descriptions."""
+        self.evaluate("0")  # collect the events that arrived since the last command
+        errors = []
+        for e in self.events:
+            if e["method"] == "Runtime.exceptionThrown":
+                details = e["params"]["exceptionDetails"]
+                errors.append(details.get("exception", {}).get("description") or details.get("text", "?"))
+        return errors
+
+    def throttle_cpu(self, rate: float) -> None:
+        """Slow the page's CPU down ``rate`` times (1: no throttling), as on a busy machine."""
+        self.send("Emulation.setCPUThrottlingRate", rate=rate)
 
     def text(self) -> str:
         return self.evaluate("document.body ? document.body.innerText : ''") or ""
