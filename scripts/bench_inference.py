@@ -108,6 +108,7 @@ def _resampled(source: Path, size: int, slices: int, folder: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300, help="slices of the 512x512 version (0: skip it)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="post-processing choices to measure")
     parser.add_argument("--output", default="outputs/bench_inference.json")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=MODES, default=MODES[0], help=argparse.SUPPRESS)
@@ -121,7 +122,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         images = [EXAMPLE_CT] + ([_resampled(EXAMPLE_CT, 512, args.slices, Path(tmp))] if args.slices else [])
         for image in images:
-            for mode in MODES:
+            for mode in args.modes:
                 command = [sys.executable, __file__, "--child", str(image), PROMPT, "--mode", mode]
                 result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
                 if result.returncode != 0:
