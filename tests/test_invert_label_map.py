@@ -43,6 +43,18 @@ def _cases(tmp_path):
     yield "oblique", _write(tmp_path, "o.nii.gz", ct, oblique), _write(tmp_path, "o_seg.nii.gz", seg, oblique)
 
 
+def _invert_both_ways(labels: torch.Tensor, data: dict, preprocessing) -> tuple[MetaTensor, MetaTensor]:
+    """A network-grid label map [1, *S] with the preprocessed image's metadata, inverted by Invertd (nearest) and
+    by InvertLabelMapd: (reference, fast)."""
+    pred = MetaTensor(labels.clone(), meta=dict(data["image"].meta))
+    pred.applied_operations = list(data["image"].applied_operations)
+    reference = Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=True, to_tensor=True)(
+        {"pred": pred.clone(), "image": data["image"]}
+    )["pred"]
+    fast = InvertLabelMapd("pred", transform=preprocessing)({"pred": pred.clone(), "image": data["image"]})["pred"]
+    return reference, fast
+
+
 @pytest.mark.parametrize("pixdim", [(4.0, 4.0, 4.0), (1.5, 1.5, 2.0)])
 def test_every_voxel_takes_its_nearest_network_voxel_as_invertd_does(tmp_path, pixdim):
     """Probe label maps holding each network-grid axis index: every input voxel gets the index nearest to its centre
@@ -59,12 +71,7 @@ def test_every_voxel_takes_its_nearest_network_voxel_as_invertd_does(tmp_path, p
         exact = (world - net[:3, 3]) @ np.linalg.inv(net[:3, :3]).T
         for p in range(3):
             probe = torch.arange(1, grid[p] + 1, dtype=torch.int16).reshape([-1 if a == p else 1 for a in range(3)]).expand(*grid)
-            pred = MetaTensor(probe[None].clone(), meta=dict(data["image"].meta))
-            pred.applied_operations = list(data["image"].applied_operations)
-            reference = Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=True, to_tensor=True)(
-                {"pred": pred.clone(), "image": data["image"]}
-            )["pred"]
-            fast = InvertLabelMapd("pred", transform=preprocessing)({"pred": pred.clone(), "image": data["image"]})["pred"]
+            reference, fast = _invert_both_ways(probe[None], data, preprocessing)
             assert tuple(fast.shape) == (1, *source.shape), name
             np.testing.assert_allclose(np.asarray(fast.affine), source.affine, atol=1e-4, err_msg=name)
             fast, reference = np.asarray(fast).reshape(-1).astype(int) - 1, np.asarray(reference).reshape(-1).astype(int) - 1
@@ -81,16 +88,9 @@ def test_real_labels_come_back_where_they_were(tmp_path):
     preprocessing = Compose(ct_transforms(keys=["image"], pixdim=(4.0, 4.0, 4.0)))
     data = preprocessing({"image": REAL_CT})
     seg = Compose(ct_transforms(keys=["image"], label_key="label", pixdim=(4.0, 4.0, 4.0)))({"image": REAL_CT, "label": REAL_LABELS})
-    pred = MetaTensor(torch.as_tensor(seg["label"]).to(torch.int16), meta=dict(data["image"].meta))
-    pred.applied_operations = list(data["image"].applied_operations)
     truth = np.asarray(nib.load(REAL_LABELS).dataobj)
-    scores = {}
-    for name, transform in [
-        ("invertd", Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=True, to_tensor=True)),
-        ("fast", InvertLabelMapd("pred", transform=preprocessing)),
-    ]:
-        labels = np.asarray(transform({"pred": pred.clone(), "image": data["image"]})["pred"])[0]
-        scores[name] = (labels[truth > 0] == truth[truth > 0]).mean()
+    inverted = _invert_both_ways(torch.as_tensor(seg["label"]).to(torch.int16), data, preprocessing)
+    scores = {name: (np.asarray(labels)[0][truth > 0] == truth[truth > 0]).mean() for name, labels in zip(("invertd", "fast"), inverted)}
     assert scores["fast"] > 0.9 and abs(scores["fast"] - scores["invertd"]) < 0.01, scores
 
 
@@ -112,10 +112,5 @@ def test_a_rotated_network_grid_goes_through_invertd(tmp_path):
     assert aligned is None
     grid = data["image"].shape[1:]
     probe = torch.arange(1, grid[0] + 1, dtype=torch.int16).reshape(-1, 1, 1).expand(*grid)
-    pred = MetaTensor(probe[None].clone(), meta=dict(data["image"].meta))
-    pred.applied_operations = list(data["image"].applied_operations)
-    reference = Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=True, to_tensor=True)(
-        {"pred": pred.clone(), "image": data["image"]}
-    )["pred"]
-    fast = InvertLabelMapd("pred", transform=preprocessing)({"pred": pred.clone(), "image": data["image"]})["pred"]
+    reference, fast = _invert_both_ways(probe[None], data, preprocessing)
     np.testing.assert_array_equal(np.asarray(fast), np.asarray(reference))

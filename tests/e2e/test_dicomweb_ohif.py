@@ -17,22 +17,13 @@ from monailabel.client import MONAILabelClient
 
 from textseg.dicom import read_dicom_seg
 
+from .browser import FLAGS, Browser
+
 pytestmark = pytest.mark.slow  # a real server (and Orthanc, Chromium): minutes
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "data" / "artifacts"  # data/ is gitignored
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,800",
-    "--virtual-time-budget=15000",
-]
+CHROMIUM_FLAGS = [*FLAGS, "--virtual-time-budget=15000"]
 
 
 @pytest.fixture(scope="module")
@@ -129,34 +120,43 @@ def _ohif_label_map(info: dict, model: str) -> dict[int, str]:
     return {int(i): name for name, i in labels.items()}
 
 
-def test_ohif_panel_request_with_a_typed_prompt_returns_labels_ohif_can_show(dw_client, dicomweb_server, orthanc, tmp_path):
-    """The request OHIF's MONAI Label panel sends for "Auto-Segmentation" (monailabel 0.8.5 OHIF extension:
-    ``infer(model, SeriesInstanceUID, params)`` with the Options tab's values), the prompt typed there."""
+def _ct_series(orthanc, study_uid: str) -> str:
+    """The study's CT series (earlier tests may have stored a DICOM SEG beside it)."""
+    series = orthanc.get_json(f"/dicom-web/studies/{study_uid}/series")
+    (uid,) = [s["0020000E"]["Value"][0] for s in series if s.get("00080060", {}).get("Value") == ["CT"]]
+    return uid
+
+
+def _panel_infer(server_url: str, series_uid: str, prompt: str) -> np.ndarray:
+    """The request OHIF's MONAI Label panel sends for Auto-Segmentation with ``prompt`` typed in Options; returns the
+    label map it gets back (NRRD, uint8, OHIF's label indices)."""
     import nrrd
     import requests
 
-    info = dw_client.info()
-    model = info["models"]["text_prompt"]
-    assert model["type"] == "segmentation"  # the panel lists deepgrow, deepedit, vista3d and segmentation models
-    assert "prompt" in model["config"]  # the Options tab shows the model's config: that is where the prompt is typed
-    series_uid = sorted(orthanc.series)[0]
-    params = {
-        "prompt": "segment the liver and kidneys",
-        "result_extension": ".nrrd",
-        "result_dtype": "uint8",
-        "result_compress": False,
-        "restore_label_idx": False,
-    }
+    params = {"prompt": prompt, "result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False, "restore_label_idx": False}
     response = requests.post(
-        f"{dicomweb_server.url}/infer/text_prompt",
+        f"{server_url}/infer/text_prompt",
         params={"image": series_uid, "output": "image"},
         files={"params": (None, json.dumps(params))},
         timeout=600,
     )
     assert response.status_code == 200, response.text[:2000]
-    path = tmp_path / "ohif_result.nrrd"
-    path.write_bytes(response.content)
-    data, header = nrrd.read(str(path))
+    with tempfile.NamedTemporaryFile(suffix=".nrrd") as f:
+        f.write(response.content)
+        f.flush()
+        data, _ = nrrd.read(f.name)
+    return data
+
+
+def test_ohif_panel_request_with_a_typed_prompt_returns_labels_ohif_can_show(dw_client, dicomweb_server, orthanc):
+    """The request OHIF's MONAI Label panel sends for "Auto-Segmentation" (monailabel 0.8.5 OHIF extension:
+    ``infer(model, SeriesInstanceUID, params)`` with the Options tab's values), the prompt typed there."""
+    info = dw_client.info()
+    model = info["models"]["text_prompt"]
+    assert model["type"] == "segmentation"  # the panel lists deepgrow, deepedit, vista3d and segmentation models
+    assert "prompt" in model["config"]  # the Options tab shows the model's config: that is where the prompt is typed
+    series_uid = sorted(orthanc.series)[0]
+    data = _panel_infer(dicomweb_server.url, series_uid, "segment the liver and kidneys")
     assert data.dtype == np.uint8 and data.shape == orthanc.series[series_uid].image.shape
     names = _ohif_label_map(info, "text_prompt")
     values = {int(v) for v in np.unique(data)} - {0}
@@ -220,21 +220,7 @@ def _connect_and_run(b, prompt: str) -> None:
 
 def _expected_counts(server_url: str, series_uid: str, prompt: str) -> dict[str, int]:
     """What the app answers the panel's request: voxels per structure name in the returned label map."""
-    import nrrd
-    import requests
-
-    params = {"prompt": prompt, "result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False, "restore_label_idx": False}
-    response = requests.post(
-        f"{server_url}/infer/text_prompt",
-        params={"image": series_uid, "output": "image"},
-        files={"params": (None, json.dumps(params))},
-        timeout=600,
-    )
-    assert response.status_code == 200, response.text[:2000]
-    with tempfile.NamedTemporaryFile(suffix=".nrrd") as f:
-        f.write(response.content)
-        f.flush()
-        data, _ = nrrd.read(f.name)
+    data = _panel_infer(server_url, series_uid, prompt)
     info = json.loads(urllib.request.urlopen(f"{server_url}/info/", timeout=60).read())
     names = _ohif_label_map(info, "text_prompt")
     values, counts = np.unique(data, return_counts=True)
@@ -246,10 +232,8 @@ def test_ohif_text_prompt_typed_in_the_panel_shows_the_labels(chromium, dicomweb
     CT, connect the panel, type a prompt, Run. OHIF's own state must then hold segmentation 1 whose labelmap has
     exactly the voxels the app returned, under the prompted structures' names, rendered in the axial viewport, and
     the page must have thrown nothing. The screenshot shows the overlay."""
-    from .browser import Browser
-
     study_uid = orthanc.get_json("/dicom-web/studies?PatientID=TEXTSEG0031")[0]["0020000D"]["Value"][0]
-    series_uid = orthanc.get_json(f"/dicom-web/studies/{study_uid}/series")[0]["0020000E"]["Value"][0]
+    series_uid = _ct_series(orthanc, study_uid)
     server = dicomweb_server.url
     prompt = "the spleen and the left kidney"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -279,10 +263,8 @@ def test_ohif_connected_too_early_recovers_by_connecting_again(chromium, dicomwe
     """MONAI Label 0.8.5's panel builds its labelmap when it connects, without waiting for OHIF's viewports. On a busy
     CPU (here: the page throttled 8x) a user who connects at once can lose that race: errors, nothing drawn. What
     docs/app.md tells the user (wait for the images, connect again, run again) must then show the labels."""
-    from .browser import Browser
-
     study_uid = orthanc.get_json("/dicom-web/studies?PatientID=TEXTSEG0031")[0]["0020000D"]["Value"][0]
-    series_uid = orthanc.get_json(f"/dicom-web/studies/{study_uid}/series")[0]["0020000E"]["Value"][0]
+    series_uid = _ct_series(orthanc, study_uid)
     server = dicomweb_server.url
     prompt = "the spleen and the left kidney"
     with Browser(chromium, timeout=180) as b:

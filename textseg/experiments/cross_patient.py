@@ -93,9 +93,13 @@ def run_cross_patient(
     bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
     shipped_checkpoint: str | os.PathLike | None = None,
     retrain: bool = False,
+    models: Sequence[str] = (*PATIENTS, "both"),
 ) -> list[dict]:
     """Train the single-patient models for ``epochs`` (when missing), evaluate them and the shipped model (trained
     with the recipe's own epochs when missing or ``retrain``); write the table.
+
+    ``models`` picks the rows: a patient name (the model trained on that patient alone) and/or ``"both"`` (the
+    shipped model), e.g. ``("both",)`` to re-measure the shipped model only.
 
     Writes ``output_dir/cross_patient.{json,md}``; returns the rows.
     """
@@ -103,7 +107,10 @@ def run_cross_patient(
     holdout = read_config_value(bundle_dir, TRAIN_CONFIGS, "holdout_slabs")
     shipped = Path(shipped_checkpoint or Path(bundle_dir) / "models" / "model.pt")
     rows = []
-    for trained_on in (*PATIENTS, "both"):
+    unknown = [m for m in models if m not in (*PATIENTS, "both")]
+    if unknown or not models:
+        raise ValueError(f"unknown model(s) {unknown}; choose among {[*PATIENTS, 'both']}.")
+    for trained_on in models:
         patients = list(PATIENTS) if trained_on == "both" else [trained_on]
         checkpoint = shipped if trained_on == "both" else output_dir / f"trained_on_{trained_on}" / "model.pt"
         if retrain or not checkpoint.is_file():
