@@ -494,13 +494,14 @@ class InvertLabelMapd(MapTransform):
             return self.fallback(d)
         dst_affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
         dst_shape = [int(s) for s in np.asarray(image.meta["spatial_shape"]).ravel()]
-        for key in self.key_iterator(d):
+        keys = list(self.key_iterator(d))
+        if len(dst_shape) != 3 or any(d[k].shape[0] != 1 or tuple(d[k].shape[1:]) != tuple(image.shape[1:]) for k in keys):
+            return self.fallback(d)
+        axes = self.axis_indices(image.affine, dst_affine, image.shape[1:], dst_shape)
+        if axes is None:
+            return self.fallback(d)
+        for key in keys:
             labels = d[key]
-            if tuple(labels.shape[1:]) != tuple(image.shape[1:]) or labels.shape[0] != 1 or len(dst_shape) != 3:
-                return self.fallback(d)
-            axes = self.axis_indices(image.affine, dst_affine, labels.shape[1:], dst_shape)
-            if axes is None:
-                return self.fallback(d)
             source = torch.as_tensor(labels)[0]
             # gather along the source axes with clipped indices, then zero what lies outside the source grid
             gathered = source[np.ix_(*[np.clip(index, 0, None) for _, index in axes])]
