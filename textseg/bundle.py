@@ -80,32 +80,32 @@ def run_bundle(
     return workflow
 
 
+def _merged_top_level(bundle_dir: str | os.PathLike, config: str | Sequence[str]) -> dict:
+    """The raw top-level keys of a bundle's config files merged in order (overlays last: the last one wins)."""
+    names = [config] if isinstance(config, str) else list(config)
+    merged = {}
+    for path in bundle_config_files(bundle_dir, names):
+        with open(path, encoding="utf-8") as f:
+            merged.update(json.load(f))
+    return merged
+
+
 def read_config_value(bundle_dir: str | os.PathLike, config: str | Sequence[str], key: str) -> Any:
     """A raw (unparsed) top-level value of a bundle's config file, or of configs merged in order (overlays last:
     the last one that sets ``key`` wins)."""
-    names = [config] if isinstance(config, str) else list(config)
-    found, value = False, None
-    for path in bundle_config_files(bundle_dir, names):
-        with open(path, encoding="utf-8") as f:
-            content = json.load(f)
-        if key in content:
-            found, value = True, content[key]
-    if not found:
+    merged = _merged_top_level(bundle_dir, config)
+    if key not in merged:
+        names = [config] if isinstance(config, str) else list(config)
         raise KeyError(f"{', '.join(names)} in {bundle_dir} have no {key!r}")
-    return value
+    return merged[key]
 
 
 def network_overrides(bundle_dir: str | os.PathLike, config: str | Sequence[str]) -> dict:
     """The network arguments an overlay sets (its ``network_def#<argument>`` keys, configs merged in order), e.g.
     ``{"feature_size": 12, ...}`` for ``tiny.json``: code that builds the same network outside the bundle reads them
     here instead of copying them."""
-    names = [config] if isinstance(config, str) else list(config)
-    arguments = {}
-    for path in bundle_config_files(bundle_dir, names):
-        with open(path, encoding="utf-8") as f:
-            content = json.load(f)
-        arguments.update({k.split("#", 1)[1]: v for k, v in content.items() if k.startswith("network_def#")})
-    return arguments
+    merged = _merged_top_level(bundle_dir, config)
+    return {k.split("#", 1)[1]: v for k, v in merged.items() if k.startswith("network_def#")}
 
 
 def generated_metadata(metadata: Mapping, class_names: Sequence[str], vocabulary: Vocabulary | None = None) -> dict:
