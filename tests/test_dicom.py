@@ -39,3 +39,17 @@ def test_refuses_non_3d_and_nan(tmp_path):
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         write_ct_series(bad, np.eye(4), tmp_path)
+
+
+def test_dicom_lab_to_rgb_inverts_the_standard_cielab_of_srgb_colours():
+    from textseg.dicom import dicom_lab_to_rgb
+
+    def dicom_lab(L, a, b):  # PS3.3 C.10.7.1.1 scaling
+        return [round(L * 65535 / 100), round((a + 128) * 65535 / 255), round((b + 128) * 65535 / 255)]
+
+    assert dicom_lab_to_rgb(dicom_lab(100, 0, 0)) == (255, 255, 255)
+    assert dicom_lab_to_rgb(dicom_lab(0, 0, 0)) == (0, 0, 0)
+    # published CIELab (D65) of the sRGB primaries
+    assert dicom_lab_to_rgb(dicom_lab(53.2408, 80.0925, 67.2032)) == (255, 0, 0)
+    assert dicom_lab_to_rgb(dicom_lab(87.7347, -86.1827, 83.1793)) == (0, 255, 0)
+    assert dicom_lab_to_rgb(dicom_lab(32.2970, 79.1875, -107.8602)) == (0, 0, 255)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ __all__ = [
     "LOSSLESS_TRANSFER_SYNTAXES",
     "compress_series",
     "SegmentInfo",
+    "dicom_lab_to_rgb",
     "read_dicom_seg",
 ]
 
@@ -239,12 +241,40 @@ def dicom_modality(source: str | os.PathLike, max_files: int = 50) -> str | None
 
 @dataclass
 class SegmentInfo:
-    """One segment of a DICOM SEG: its number, label, colour (CIELab as stored, if any) and voxel count."""
+    """One segment of a DICOM SEG: its number, label, frame and voxel counts, and its recommended display colour as
+    8-bit sRGB (from ``RecommendedDisplayCIELabValue``; None when the segment has none)."""
 
     number: int
     label: str
     frames: int
     voxels: int
+    color: tuple[int, int, int] | None = None
+
+
+def dicom_lab_to_rgb(lab: Sequence[int]) -> tuple[int, int, int]:
+    """A DICOM CIELab triplet (PS3.3 C.10.7.1.1: L* scaled 0..100 -> 0..65535, a*, b* -128..127 -> 0..65535;
+    D65 white) as 8-bit sRGB."""
+    L = lab[0] * 100.0 / 65535.0
+    a, b = (v * 255.0 / 65535.0 - 128.0 for v in lab[1:3])
+    fy = (L + 16.0) / 116.0
+    fx, fz = fy + a / 500.0, fy - b / 200.0
+
+    def f_inv(t: float) -> float:
+        return t**3 if t > 6.0 / 29.0 else 3.0 * (6.0 / 29.0) ** 2 * (t - 4.0 / 29.0)
+
+    x, y, z = 0.95047 * f_inv(fx), f_inv(fy), 1.08883 * f_inv(fz)
+    linear = (
+        3.2404542 * x - 1.5371385 * y - 0.4985314 * z,
+        -0.9692660 * x + 1.8760108 * y + 0.0415560 * z,
+        0.0556434 * x - 0.2040259 * y + 1.0572252 * z,
+    )
+
+    def gamma(c: float) -> int:
+        c = min(max(c, 0.0), 1.0)
+        c = 12.92 * c if c <= 0.0031308 else 1.055 * c ** (1 / 2.4) - 0.055
+        return int(round(255.0 * c))
+
+    return gamma(linear[0]), gamma(linear[1]), gamma(linear[2])
 
 
 def read_dicom_seg(path: str | os.PathLike) -> tuple[list[SegmentInfo], str]:
@@ -265,6 +295,15 @@ def read_dicom_seg(path: str | os.PathLike) -> tuple[list[SegmentInfo], str]:
     for seg in ds.SegmentSequence:
         n = int(seg.SegmentNumber)
         idx = [i for i, m in enumerate(numbers) if m == n]
-        segments.append(SegmentInfo(number=n, label=str(seg.SegmentLabel), frames=len(idx), voxels=int(frames[idx].astype(bool).sum())))
+        lab = seg.get("RecommendedDisplayCIELabValue")
+        segments.append(
+            SegmentInfo(
+                number=n,
+                label=str(seg.SegmentLabel),
+                frames=len(idx),
+                voxels=int(frames[idx].astype(bool).sum()),
+                color=dicom_lab_to_rgb([int(v) for v in lab]) if lab else None,
+            )
+        )
     referenced = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID) if "ReferencedSeriesSequence" in ds else ""
     return segments, referenced

@@ -7,7 +7,7 @@ Start with the stock CLI (from the repository root)::
 
 ``--conf`` keys: ``models`` (``all`` or a comma list of lib/configs names), ``bundle``, ``bundle_overlay``
 (``real_ct``: the shipped real-CT model, default | ``tiny``: the phantom model | ``none`` | config names),
-``checkpoint``, ``device`` (``auto`` | ``cpu`` | ``cuda``); active learning:
+``checkpoint``, ``device`` (``auto`` | ``cpu`` | ``cuda``), ``ohif_fixes`` (``true`` | ``false``: see ``lib/ohif.py``); active learning:
 ``active_learning_strategy`` (default strategy, ``clasp_pe``), ``active_learning_patch_size``, ``active_learning_rounds``,
 ``mc_dropout_samples``, ``mc_dropout_rate``, ``active_learning_seed`` (see ``lib/settings.py``).
 """
@@ -31,6 +31,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 import lib.configs
+import lib.ohif
 import lib.patches
 import textseg
 from lib.activelearning import TextsegStrategy, UncertaintyScoring
@@ -56,6 +57,8 @@ class TextSegApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         lib.patches.install()  # MONAI Label 0.8.5: POST /train could answer 500 while the training runs
         self.settings = AppSettings.from_conf(app_dir, conf)
+        if self.settings.ohif_fixes:
+            lib.ohif.install()  # MONAI Label 0.8.5's OHIF panel: wait for the images, segmentation panel, colours
         names = [m.strip() for m in str(conf.get("models", "all")).split(",") if m.strip()]
         names = list(MODEL_CONFIGS) if names == ["all"] else names
         unknown = [n for n in names if n not in MODEL_CONFIGS]

@@ -119,13 +119,33 @@ class Browser:
         if not found:
             raise LookupError(f"nothing to click at {selector!r}" + (f" with text {text!r}" if text else ""))
 
+    def mouse_click(self, selector: str, text: str | None = None, clicks: int = 1) -> None:
+        """Click (``clicks=2``: double-click) the middle of the first visible element matching a CSS selector (and
+        holding ``text``) with the mouse, as a user does: menus that open on pointer events (Radix) need this rather
+        than :meth:`click`."""
+        box = self.evaluate(
+            f"(() => {{ const e = [...document.querySelectorAll({json.dumps(selector)})]"
+            f".find(e => e.offsetParent !== null && ({json.dumps(text)} === null || e.innerText.includes({json.dumps(text)})));"
+            " if (!e) return null; e.scrollIntoView({block: 'nearest'}); const r = e.getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        if not box:
+            raise LookupError(f"nothing visible to click at {selector!r}" + (f" with text {text!r}" if text else ""))
+        x, y = box
+        self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for count in range(1, clicks + 1):
+            self.send("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=count)
+            self.send("Input.dispatchMouseEvent", type="mouseReleased", x=x, y=y, button="left", clickCount=count)
+
     def type_into(self, selector: str, text: str) -> None:
-        """Replace an input's value as a user would: focus, select all, type (React sees real input events)."""
+        """Replace the value of the first visible input matching ``selector`` as a user would: focus, select all, type
+        (React sees real input events)."""
         if not self.evaluate(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return false;"
+            f"(() => {{ const e = [...document.querySelectorAll({json.dumps(selector)})].find(e => e.offsetParent !== null);"
+            " if (!e) return false;"
             " e.focus(); e.select(); return true; })()"
         ):
-            raise LookupError(f"no input at {selector!r}")
+            raise LookupError(f"no visible input at {selector!r}")
         self.send("Input.insertText", text=text)
 
     def requests(self, url_part: str) -> list[dict]:
@@ -144,13 +164,19 @@ class Browser:
         return self.send("Network.getRequestPostData", requestId=request_id).get("postData", "")
 
     def page_errors(self) -> list[str]:
-        """Uncaught JavaScript exceptions of the page so far (``Runtime.exceptionThrown``), as their descriptions."""
+        """JavaScript errors of the page so far, as their descriptions: uncaught exceptions (``Runtime.exceptionThrown``)
+        and exceptions that a React error boundary caught (OHIF logs those as "Route ... Error Boundary", then shows
+        "Something went wrong" instead of the viewer)."""
         self.evaluate("0")  # collect the events that arrived since the last command
         errors = []
         for e in self.events:
             if e["method"] == "Runtime.exceptionThrown":
                 details = e["params"]["exceptionDetails"]
                 errors.append(details.get("exception", {}).get("description") or details.get("text", "?"))
+            elif e["method"] == "Runtime.consoleAPICalled":
+                texts = [str(a.get("value", a.get("description", ""))) for a in e["params"].get("args", [])]
+                if texts and "Error Boundary" in texts[0]:
+                    errors.append(" ".join(texts[:2]))
         return errors
 
     def throttle_cpu(self, rate: float) -> None:

@@ -24,7 +24,8 @@ class AppSettings:
     ``--conf`` keys: ``bundle`` (folder; default ``bundles/text_prompted_ct_segmentation`` of the repository
     holding the app), ``bundle_overlay`` (``real_ct`` (default), ``tiny``, ``none`` or comma-separated config names),
     ``checkpoint`` (default ``<bundle>/models/<ckpt_name of the configs>``), ``device`` (``auto``, ``cpu``,
-    ``cuda``), ``preload`` (load the network at start-up).
+    ``cuda``), ``preload`` (load the network at start-up), ``ohif_fixes`` (serve OHIF with the fixes of
+    ``lib/ohif.py``, default ``true``).
 
     Active learning (``/activelearning``, ``/scoring``): ``active_learning_strategy`` (the default strategy,
     default ``clasp_pe``), ``active_learning_patch_size`` (suggested patch edge in voxels of the network's
@@ -39,6 +40,7 @@ class AppSettings:
     checkpoint: Path
     device: str
     preload: bool
+    ohif_fixes: bool = True
     active_learning_strategy: str = "clasp_pe"
     active_learning_patch_size: int = 32
     active_learning_rounds: int = 10
@@ -65,9 +67,15 @@ class AppSettings:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--conf device {device}: CUDA is not available on this machine; use cpu or auto.")
-        preload = str(conf.get("preload", "false")).lower() in ("1", "true", "yes")
+        preload = _flag(conf, "preload", False)
         return cls(
-            bundle_dir=bundle_dir, configs=configs, checkpoint=checkpoint, device=device, preload=preload, **_active_learning_conf(conf)
+            bundle_dir=bundle_dir,
+            configs=configs,
+            checkpoint=checkpoint,
+            device=device,
+            preload=preload,
+            ohif_fixes=_flag(conf, "ohif_fixes", True),
+            **_active_learning_conf(conf),
         )
 
     @property
@@ -86,6 +94,16 @@ class AppSettings:
             f"`git checkout -- bundles/text_prompted_ct_segmentation/models/model.pt` restores it, `make train-real` retrains it); "
             f"`make demo-phantom` trains the phantom model models/model_tiny.pt; or pass --conf checkpoint <path to model .pt>."
         )
+
+
+def _flag(conf: dict, key: str, default: bool) -> bool:
+    """A yes/no ``--conf`` option; anything else stops the app with a message naming it."""
+    value = str(conf.get(key, default)).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"--conf {key} {conf.get(key)!r}: expected true or false.")
 
 
 def _active_learning_conf(conf: dict) -> dict:
