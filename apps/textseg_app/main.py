@@ -14,6 +14,7 @@ Start with the stock CLI (from the repository root)::
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import tempfile
@@ -29,6 +30,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.utils.others.class_utils import get_class_names
 
 import lib.configs
 import lib.ohif
@@ -45,10 +47,18 @@ from textseg.vocabulary import UnknownStructureError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TextSegApp", "MODEL_CONFIGS"]
+__all__ = ["TextSegApp", "model_configs"]
 
-MODEL_CONFIGS = {"text_prompt": lib.configs.TextPrompt, "all_structures": lib.configs.AllStructures, "interactive": lib.configs.Interactive}
-"""Model name -> TaskConfig class (one file each in lib/configs)."""
+
+def model_configs() -> Dict[str, type]:
+    """Model name -> TaskConfig class, found the way MONAI Label's radiology app finds them: every class in
+    ``lib/configs`` that names ``TaskConfig`` among its bases, named after its file (a new model is one new file).
+    ``text_prompt`` comes first, so that OHIF's panel offers it by default."""
+    configs = {}
+    for path in get_class_names(lib.configs, "TaskConfig"):
+        module_name, class_name = path.rsplit(".", 1)
+        configs[module_name.rsplit(".", 1)[-1]] = getattr(importlib.import_module(module_name), class_name)
+    return dict(sorted(configs.items(), key=lambda item: (item[0] != "text_prompt", item[0])))
 
 
 class TextSegApp(MONAILabelApp):
@@ -60,13 +70,14 @@ class TextSegApp(MONAILabelApp):
         if self.settings.ohif_fixes:
             lib.ohif.install()  # MONAI Label 0.8.5's OHIF panel: wait for the images, segmentation panel, colours
         names = [m.strip() for m in str(conf.get("models", "all")).split(",") if m.strip()]
-        names = list(MODEL_CONFIGS) if names == ["all"] else names
-        unknown = [n for n in names if n not in MODEL_CONFIGS]
+        configs = model_configs()
+        names = list(configs) if names == ["all"] else names
+        unknown = [n for n in names if n not in configs]
         if unknown or not names:
-            raise ValueError(f"--conf models: unknown model(s) {unknown}; available: all, {', '.join(MODEL_CONFIGS)}")
+            raise ValueError(f"--conf models: unknown model(s) {unknown}; available: all, {', '.join(configs)}")
         self.models = {}
         for name in names:
-            config = MODEL_CONFIGS[name]()
+            config = configs[name]()
             config.init(name, str(self.settings.checkpoint.parent), conf, None, settings=self.settings)
             self.models[name] = config
         if not self.settings.checkpoint.exists():

@@ -107,3 +107,29 @@ def test_served_studies_start_with_the_real_example_ct_under_its_own_name(tmp_pa
     mtime = paths[0].stat().st_mtime_ns
     prepare_studies(tmp_path / "studies", num=1, dicom_dir=tmp_path / "dicom")
     assert paths[0].stat().st_mtime_ns == mtime
+
+
+def test_a_new_model_is_one_file_in_lib_configs(tmp_path):
+    """The app finds its models from the TaskConfig classes in lib/configs (named after their files), as MONAI
+    Label's radiology app does: a copy of the app with one more file serves one more model, text_prompt first."""
+    import shutil
+    import subprocess
+    import sys
+
+    app = tmp_path / "app"
+    shutil.copytree(APP_LIB.parent, app, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
+    (app / "lib" / "configs" / "liver_only.py").write_text(
+        "from monailabel.interfaces.config import TaskConfig\n\nfrom .text_prompt import TextPrompt\n\n\n"
+        "class LiverOnly(TextPrompt, TaskConfig):\n    pass\n",
+        encoding="utf-8",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import main; print(','.join(main.model_configs()))"],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(app)},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "text_prompt,all_structures,interactive,liver_only"
