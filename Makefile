@@ -91,7 +91,7 @@ serve: setup
 	@test -f "$(CHECKPOINT)" || { echo "make serve: no trained checkpoint at $(CHECKPOINT)."; \
 	  echo "  The shipped model is models/model.pt (git checkout -- $(BUNDLE)/models/model.pt restores it);"; \
 	  echo "  'make demo-phantom' trains the phantom model models/model_tiny.pt; or pass CHECKPOINT=/path/to/model.pt and OVERLAY."; exit 1; }
-	@case "$(STUDIES)" in http*) ;; data/serve/studies) HF_HUB_OFFLINE=1 $(BIN)/python -m textseg.app_support prepare-studies $(STUDIES) >/dev/null ;; esac
+	@case "$(STUDIES)" in http*) ;; data/serve/studies) HF_HUB_OFFLINE=1 $(BIN)/python -m textseg.serve prepare-studies $(STUDIES) >/dev/null ;; esac
 	PATH="$(CURDIR)/$(BIN):$$PATH" HF_HUB_OFFLINE=1 $(BIN)/monailabel start_server --app apps/textseg_app \
 	  --studies "$(STUDIES)" --conf models $(MODELS) --conf bundle_overlay $(OVERLAY) --conf checkpoint "$(CHECKPOINT)" \
 	  --host 127.0.0.1 --port $(PORT)

@@ -14,7 +14,7 @@ bundle's model card (docs/README.md).
 import argparse
 import sys
 
-from textseg.ablation import run_fusion_ablation
+from textseg.experiments.ablation import run_fusion_ablation
 from textseg.networks import FUSIONS
 
 CHEAP_NETWORK = {"network_def#depths": [1, 1, 1, 1], "network_def#conditioned_stages": [2, 3]}

@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from textseg.active_learning import score_image  # noqa: E402
-from textseg.active_learning.simulation import build_network, make_phantom_pool  # noqa: E402
 from textseg.bundle import network_overrides  # noqa: E402
+from textseg.experiments.active_learning_simulation import build_network, make_phantom_pool  # noqa: E402
 from textseg.files import write_atomic  # noqa: E402
 from textseg.phantom import PHANTOM_LABELS  # noqa: E402
 

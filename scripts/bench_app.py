@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     import nibabel as nib
     from monailabel.client import MONAILabelClient
 
-    from textseg.app_support import MonaiLabelServer
+    from textseg.serve import MonaiLabelServer
 
     checkpoint = ensure_checkpoint(args.checkpoint)
     image = make_volume()

@@ -26,7 +26,7 @@ OVERLAYS = ("tiny.json", "interactive.json")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from textseg.click_benchmark import MODES, make_click_cases, markdown_table, run_click_benchmark, write_report
+    from textseg.experiments.click_benchmark import MODES, make_click_cases, markdown_table, run_click_benchmark, write_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "text_prompted_ct_segmentation")

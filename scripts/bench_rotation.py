@@ -26,7 +26,7 @@ GOAL_DROP_PERCENT = 2.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from textseg.rotation_benchmark import BENCHMARK_ROTATIONS, markdown_table, run_rotation_benchmark, write_report
+    from textseg.experiments.rotation_benchmark import BENCHMARK_ROTATIONS, markdown_table, run_rotation_benchmark, write_report
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "text_prompted_ct_segmentation")

@@ -18,8 +18,8 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from textseg.active_learning.simulation import SimulationConfig, default_network, report_finished, run_simulation  # noqa: E402
 from textseg.active_learning.strategies import STRATEGIES  # noqa: E402
+from textseg.experiments.active_learning_simulation import SimulationConfig, default_network, report_finished, run_simulation  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -147,7 +147,7 @@ def _app_server(studies, work_dir: Path, background_scoring: bool = False, **con
     """``monailabel start_server --app apps/textseg_app`` on a free port of 127.0.0.1, tiny bundle overlay, with its
     log, caches and sessions in ``work_dir``. Background active-learning scoring only where a test asks for it
     (tests/app/test_active_learning.py): elsewhere it would compete for the CPU with the requests under test."""
-    from textseg.app_support import MonaiLabelServer
+    from textseg.serve import MonaiLabelServer
 
     env = {
         "MONAI_LABEL_DATASTORE_CACHE_PATH": str(work_dir / "cache"),

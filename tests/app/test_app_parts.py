@@ -92,8 +92,8 @@ def test_served_studies_start_with_the_real_example_ct_under_its_own_name(tmp_pa
     the phantoms; existing files are kept."""
     import pydicom
 
-    from textseg.app_support import prepare_studies
     from textseg.demo import EXAMPLE_CT
+    from textseg.serve import prepare_studies
 
     paths = prepare_studies(tmp_path / "studies", num=1, dicom_dir=tmp_path / "dicom")
     assert [p.name for p in paths] == ["example_ct.nii.gz", "phantom_0900.nii.gz"]

@@ -28,9 +28,9 @@ def orthanc(tmp_path_factory):
     """Orthanc with the DICOMweb plugin on a free port, holding two 64^3 phantom CT series."""
     import pydicom
 
-    from textseg.app_support import ORTHANC_BINARY, ORTHANC_DICOMWEB_PLUGIN, OrthancServer
     from textseg.dicom import nifti_to_ct_series, write_ct_series
     from textseg.phantom import make_phantom
+    from textseg.serve import ORTHANC_BINARY, ORTHANC_DICOMWEB_PLUGIN, OrthancServer
 
     _require(Path(ORTHANC_BINARY).exists() and Path(ORTHANC_DICOMWEB_PLUGIN).exists(), "Orthanc with its DICOMweb plugin")
     work = tmp_path_factory.mktemp("orthanc")

@@ -1,12 +1,11 @@
-"""Active learning for text-prompted 3D segmentation: query strategies, scoring with the text-conditioned
-network, and a simulation harness (see README, section *Active learning*).
+"""Active learning for text-prompted 3D segmentation: query strategies and scoring with the text-conditioned
+network (the simulation that compares them is an experiment: :mod:`textseg.experiments.active_learning_simulation`).
 
 * :mod:`.strategies` -- random, foreground-aware random (nnActive), predictive entropy, MC-dropout BALD,
   power entropy / PowerBALD and ClaSP PE; one function each, registered by name.
 * :mod:`.scoring` -- class probabilities from the network's per-prompt sigmoids, MC dropout, and
   :func:`score_image` for applications (MONAI Label).
 * :mod:`.pool` -- per-image candidate records and one-at-a-time selection for applications (MONAI Label).
-* :mod:`.simulation` -- label loops with an oracle, learning curves, AUBC, foreground efficiency, plot.
 """
 
 from .pool import bbox_to_grid, class_query_due, image_candidates, select_next

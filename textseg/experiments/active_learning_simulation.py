@@ -34,13 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textseg.active_learning.scoring import predict_probs
+from textseg.active_learning.strategies import Patch, QueryContext, foreground_random_query, get_strategy, random_query
 from textseg.bundle import DEFAULT_BUNDLE, network_overrides
 from textseg.files import atomic_path, write_atomic
 from textseg.losses import PartialLabelDiceCELoss
 from textseg.transforms import DEFAULT_HU_RANGE, IGNORE_CHANNEL
-
-from .scoring import predict_probs
-from .strategies import Patch, QueryContext, foreground_random_query, get_strategy, random_query
 
 __all__ = [
     "CHEAPER_THAN_TINY",

@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from textseg.experiments.rotation_benchmark import make_rotated_ct, markdown_table, rotate_volume, summarize
 from textseg.phantom import make_phantom
-from textseg.rotation_benchmark import make_rotated_ct, markdown_table, rotate_volume, summarize
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _dice(a, b):

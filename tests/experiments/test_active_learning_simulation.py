@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-import textseg.active_learning.simulation as simulation
+import textseg.experiments.active_learning_simulation as simulation
 from textseg.active_learning import enable_mc_dropout, predict_probs, score_image
-from textseg.active_learning.simulation import SimulationConfig, aubc, foreground_efficiency, report_finished, run_simulation
+from textseg.experiments.active_learning_simulation import SimulationConfig, aubc, foreground_efficiency, report_finished, run_simulation
 
 TINY_NET = {
     "feature_size": 12,
@@ -228,7 +228,7 @@ def test_score_image_bad_input(kwargs, message):
 
 @pytest.mark.slow
 def test_predict_probs_with_the_text_network_mc_samples_differ():
-    from textseg.active_learning.simulation import build_network
+    from textseg.experiments.active_learning_simulation import build_network
 
     emb = torch.rand(3, 386)
     net = build_network(3, emb, dict(TINY_NET, drop_rate=0.3)).eval()
@@ -248,7 +248,7 @@ def test_predict_probs_with_the_text_network_mc_samples_differ():
 def test_pool_from_a_datasets_yaml_entry(tiny_phantom):
     """The oracle for a datasets.yaml entry: images resampled onto the simulation grid, labels mapped to the
     prompted classes (here the phantom written as files, like any local dataset copy)."""
-    from textseg.active_learning.simulation import load_dataset_pool
+    from textseg.experiments.active_learning_simulation import load_dataset_pool
 
     config = tiny_config("unused", dataset="phantom", dataset_root=str(tiny_phantom), pool_size=2, test_size=1)
     pool, test = load_dataset_pool(config, list(config.class_names))

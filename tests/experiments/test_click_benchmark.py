@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from textseg.click_benchmark import click_curves, is_monotonic, markdown_table, summarize_clicks
+from textseg.experiments.click_benchmark import click_curves, is_monotonic, markdown_table, summarize_clicks
 from textseg.networks import TextSwinUNETR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _click_dominant_network(make_clicks_dominant) -> TextSwinUNETR:

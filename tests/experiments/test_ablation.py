@@ -4,7 +4,7 @@ import math
 import pytest
 from conftest import BUNDLE_DIR
 
-from textseg.ablation import ablation_markdown, run_fusion_ablation
+from textseg.experiments.ablation import ablation_markdown, run_fusion_ablation
 
 
 @pytest.mark.slow
