@@ -21,6 +21,22 @@ def test_resolve_prints_targets_with_ids_and_colours():
     assert all(t["explanation"] for t in report["targets"])
 
 
+def test_resolve_answers_vocabulary_structures_without_torch():
+    """A cold `textseg resolve` of vocabulary names, misspellings and ordinals neither imports torch nor loads an
+    encoder (it answers in well under a second)."""
+    code = (
+        "import json, sys; from textseg.cli import main; "
+        "code = main(['resolve', 'the livr, the splen, the third left rib and L1']); "
+        "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == {"code": 0, "torch": False}
+    report = json.loads("\n".join(lines[:-1]))
+    assert report["structures"] == ["liver", "spleen", "rib_left_3", "vertebrae_L1"]
+
+
 def test_resolve_unknown_is_a_clear_error():
     result = run_cli("resolve", "segment the flux capacitor")
     assert result.returncode == 2

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `textseg resolve` starts without it
+    import torch
 
 __all__ = ["CheckpointMismatchError", "checkpoint_matches", "embeddings_match", "require_matching_embeddings"]
 
@@ -21,6 +23,8 @@ class CheckpointMismatchError(ValueError):
 
 def embeddings_match(stored: torch.Tensor | None, expected: torch.Tensor, atol: float = 1e-4) -> bool:
     """Whether a checkpoint's ``class_embeddings`` [K, D] equal those the current text configuration gives."""
+    import torch
+
     if stored is None:
         return False
     stored = torch.as_tensor(stored).detach().float().cpu()
@@ -39,6 +43,8 @@ def require_matching_embeddings(
         checkpoint: the checkpoint's path, for the message.
         text_encoder: the configured encoder's name, for the message.
     """
+    import torch
+
     if embeddings_match(stored, expected):
         return
     shape = "none" if stored is None else tuple(torch.as_tensor(stored).shape)
@@ -53,6 +59,7 @@ def require_matching_embeddings(
 def checkpoint_matches(checkpoint: str | os.PathLike, bundle_dir: str | os.PathLike, overlays: Sequence[str]) -> bool:
     """Whether a checkpoint fits today's bundle (``inference.json`` + ``overlays``): the same network (parameter names
     and shapes) and today's prompt embeddings for the bundle's classes. Otherwise it must be retrained."""
+    import torch
     from monai.bundle import ConfigParser
 
     from textseg.bundle import bundle_config_files

@@ -55,9 +55,9 @@ def _make_phantom(args) -> int:
 
 
 def _build_embeddings(args) -> int:
-    from textseg.text import vocabulary_embedding_table
+    from textseg.text import DEFAULT_TEMPLATE, vocabulary_embedding_table
 
-    table = vocabulary_embedding_table(args.encoder, args.template, cache_dir=args.cache_dir)
+    table = vocabulary_embedding_table(args.encoder, args.template or DEFAULT_TEMPLATE, cache_dir=args.cache_dir)
     print(f"{len(table.names)} structures x {table.dim} ({table.encoder}, template {table.template!r})")
     return 0
 
@@ -110,8 +110,7 @@ def _demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from textseg.bundle import DEFAULT_BUNDLE
-    from textseg.demo import DEMO_PROMPT, PHANTOM_PROMPT
-    from textseg.text import DEFAULT_TEMPLATE
+    from textseg.demo import DEMO_PROMPT, PHANTOM_PROMPT  # no torch: `textseg resolve` starts in a second
 
     parser = argparse.ArgumentParser(prog="textseg", description="Text-prompted 3D CT segmentation (MONAI bundles).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-embeddings", help="precompute the vocabulary's text embeddings (cached file)")
     p.add_argument("--encoder", default="minilm", help="'minilm', 'clip:<dir>', 'bert:<dir>' or a local model directory")
-    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template, e.g. 'A computerized tomography of a {}'")
+    p.add_argument("--template", default=None, help="prompt template (default 'A computerized tomography of a {}')")
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=_build_embeddings)
 
