@@ -54,39 +54,25 @@ def bundle_configs(*names: str) -> str:
     return "[" + ",".join(f"'{BUNDLE_DIR / 'configs' / n}'" for n in names) + "]"
 
 
+def bundle_run_command(configs: tuple[str, ...] | list[str], *overrides: str, logging_file: bool = True) -> list[str]:
+    """``python -m monai.bundle run`` of this repository's bundle: ``configs`` merged (names in its ``configs/``), its
+    metadata, its logging config (unless ``logging_file`` is False), its bundle root, then ``overrides`` as given
+    (``"--key", "value", ...``)."""
+    folder = BUNDLE_DIR / "configs"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle_configs(*configs)]
+    command += ["--meta_file", str(folder / "metadata.json")]
+    if logging_file:
+        command += ["--logging_file", str(folder / "logging.conf")]
+    return [*command, "--bundle_root", str(BUNDLE_DIR), *overrides]
+
+
 def _train_tiny(tiny_phantom: Path, ckpt_dir: Path, overlays: tuple[str, ...], checkpoint: str) -> Path:
-    configs = BUNDLE_DIR / "configs"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            bundle_configs("train.json", *overlays),
-            "--meta_file",
-            str(configs / "metadata.json"),
-            "--logging_file",
-            str(configs / "logging.conf"),
-            "--bundle_root",
-            str(BUNDLE_DIR),
-            "--dataset_dir",
-            str(tiny_phantom),
-            "--ckpt_dir",
-            str(ckpt_dir),
-            "--output_dir",
-            str(ckpt_dir / "eval"),
-            "--epochs",
-            "1",
-            "--val_interval",
-            "1",
-            "--num_val",
-            "1",
-            "--crops_per_image",
-            "1",
-            "--num_workers",
-            "0",
-        ],
+        bundle_run_command(
+            ("train.json", *overlays),
+            *("--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(ckpt_dir), "--output_dir", str(ckpt_dir / "eval")),
+            *("--epochs", "1", "--val_interval", "1", "--num_val", "1", "--crops_per_image", "1", "--num_workers", "0"),
+        ),
         capture_output=True,
         encoding="utf-8",
         errors="replace",

@@ -6,12 +6,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import BUNDLE_DIR, bundle_configs
+from conftest import bundle_run_command
 
 pytestmark = pytest.mark.slow
 
@@ -19,39 +18,12 @@ EPOCHS = 3
 
 
 def _train_command(tiny_phantom, ckpt_dir):
-    configs = BUNDLE_DIR / "configs"
-    return [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        bundle_configs("train.json", "tiny.json"),
-        "--meta_file",
-        str(configs / "metadata.json"),
-        "--logging_file",
-        str(configs / "logging.conf"),
-        "--bundle_root",
-        str(BUNDLE_DIR),
-        "--dataset_dir",
-        str(tiny_phantom),
-        "--ckpt_dir",
-        str(ckpt_dir),
-        "--output_dir",
-        str(ckpt_dir / "eval"),
-        "--epochs",
-        str(EPOCHS),
-        "--val_interval",
-        str(EPOCHS),
-        "--num_val",
-        "1",
-        "--crops_per_image",
-        "1",
-        "--num_workers",
-        "0",
-        "--train_datalist",
-        "$@datalist[:-@num_val] * 4",
-    ]
+    return bundle_run_command(
+        ("train.json", "tiny.json"),
+        *("--dataset_dir", str(tiny_phantom), "--ckpt_dir", str(ckpt_dir), "--output_dir", str(ckpt_dir / "eval")),
+        *("--epochs", str(EPOCHS), "--val_interval", str(EPOCHS), "--num_val", "1", "--crops_per_image", "1", "--num_workers", "0"),
+        *("--train_datalist", "$@datalist[:-@num_val] * 4"),
+    )
 
 
 def test_killed_bundle_training_resumes_from_its_last_epoch(tiny_phantom, tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import BUNDLE_DIR, REPO_ROOT, bundle_configs
+from conftest import BUNDLE_DIR, REPO_ROOT, bundle_run_command
 
 from textseg.bundle import SHIPPED_CONFIGS, read_config_value
 from textseg.datasets import label_maps, load_datalist
@@ -69,36 +69,11 @@ def test_real_ct_recipe_trains_through_monais_cli(tmp_path):
     63 class embeddings; a state file for resuming is removed once training completes."""
     datasets = "[{'name': 'totalseg_example'}" + (", {'name': 'ccth_a01'}]" if TCIA_DIR.is_dir() else "]")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            bundle_configs("train.json", "real_ct.json", "real_ct_train.json"),
-            "--meta_file",
-            str(CONFIGS / "metadata.json"),
-            "--logging_file",
-            str(CONFIGS / "logging.conf"),
-            "--bundle_root",
-            str(BUNDLE_DIR),
-            "--datasets",
-            datasets,
-            "--ckpt_dir",
-            str(tmp_path),
-            "--output_dir",
-            str(tmp_path / "eval"),
-            "--epochs",
-            "1",
-            "--val_interval",
-            "1",
-            "--repeats",
-            "1",
-            "--crops_per_image",
-            "1",
-            "--num_workers",
-            "0",
-        ],
+        bundle_run_command(
+            ("train.json", "real_ct.json", "real_ct_train.json"),
+            *("--datasets", datasets, "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval")),
+            *("--epochs", "1", "--val_interval", "1", "--repeats", "1", "--crops_per_image", "1", "--num_workers", "0"),
+        ),
         capture_output=True,
         encoding="utf-8",
         errors="replace",

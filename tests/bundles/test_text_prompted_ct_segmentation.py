@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE_DIR, REPO_ROOT  # tests/ is on sys.path (rootdir conftest)
+from conftest import BUNDLE_DIR, REPO_ROOT, bundle_run_command  # tests/ is on sys.path (rootdir conftest)
 from conftest import bundle_configs as _config_list
 
 from textseg.bundle import SHIPPED_CONFIGS, generated_metadata, read_config_value, sync_bundle
@@ -193,25 +193,12 @@ def test_inference_cli_refuses_bad_requests(trained_bundle, tiny_phantom, tmp_pa
     nib.save(nib.Nifti1Image(array, source.affine), str(nan_image))
     overrides = [o.replace("{nan_image}", str(nan_image)) for o in overrides]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            _config_list("inference.json", "tiny.json"),
-            "--meta_file",
-            str(CONFIGS / "metadata.json"),
-            "--bundle_root",
-            str(BUNDLE_DIR),
-            "--ckpt_path",
-            str(trained_bundle / "model_tiny.pt"),
-            "--input_image",
-            str(image),
-            "--output_dir",
-            str(tmp_path),
+        bundle_run_command(
+            ("inference.json", "tiny.json"),
+            *("--ckpt_path", str(trained_bundle / "model_tiny.pt"), "--input_image", str(image), "--output_dir", str(tmp_path)),
             *overrides,
-        ],
+            logging_file=False,
+        ),
         capture_output=True,
         encoding="utf-8",
         errors="replace",
