@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,10 @@ MODES = ("label map", "label map, Invertd", "probabilities")
 
 
 def _peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's own peak resident memory (``VmHWM``; ``ru_maxrss`` would include the RSS of the process it was
+    forked from, since Linux keeps it across ``execve``)."""
+    with open("/proc/self/status", encoding="utf-8") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) / 2**20
 
 
 def _child(image: str, prompt: str, mode: str) -> dict:
