@@ -247,8 +247,9 @@ def _export_dicom_seg(b, report_name: str) -> None:
     b.mouse_click('[data-cy="Save-btn"]')
 
 
-def _new_dicom_seg(orthanc, study_uid: str, before: set[str], timeout: float = 120) -> tuple[str, Path]:
-    """The SEG series that appeared in the study since ``before`` (series UIDs), and its one instance downloaded."""
+def _new_dicom_seg(orthanc, study_uid: str, before: set[str], out_dir: Path, timeout: float = 120) -> tuple[str, Path]:
+    """The SEG series that appeared in the study since ``before`` (series UIDs), and its one instance downloaded into
+    ``out_dir``."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         series = orthanc.get_json(f"/dicom-web/studies/{study_uid}/series?Modality=SEG")
@@ -257,7 +258,7 @@ def _new_dicom_seg(orthanc, study_uid: str, before: set[str], timeout: float = 1
             (uid,) = new
             series = orthanc.get_json("/series?expand")
             (instance,) = [i for s in series if s["MainDicomTags"]["SeriesInstanceUID"] == uid for i in s["Instances"]]
-            path = Path(tempfile.mkdtemp()) / "seg.dcm"
+            path = out_dir / "seg.dcm"
             with urllib.request.urlopen(f"{orthanc.url}/instances/{instance}/file", timeout=30) as r:
                 path.write_bytes(r.read())
             return uid, path
@@ -294,7 +295,7 @@ def _expected_counts(server_url: str, series_uid: str, prompt: str) -> dict[str,
     return {names[int(v)]: int(c) for v, c in zip(values, counts) if v}
 
 
-def test_ohif_text_prompt_typed_in_the_panel_shows_the_labels_and_saves_them(chromium, dicomweb_server, orthanc):
+def test_ohif_text_prompt_typed_in_the_panel_shows_the_labels_and_saves_them(chromium, dicomweb_server, orthanc, tmp_path):
     """A user's path in a real Chromium: open the study in OHIF's MONAI Label mode, wait until the viewports show the
     CT, connect the panel, type a prompt, Run. OHIF's own state must then hold segmentation 1 whose labelmap has
     exactly the voxels the app returned, under the prompted structures' names and the vocabulary's colours, rendered
@@ -336,7 +337,7 @@ def test_ohif_text_prompt_typed_in_the_panel_shows_the_labels_and_saves_them(chr
         before = {s["0020000E"]["Value"][0] for s in orthanc.get_json(f"/dicom-web/studies/{study_uid}/series?Modality=SEG")}
         report = "textseg spleen and left kidney"
         _export_dicom_seg(b, report)
-        seg_series, seg_file = _new_dicom_seg(orthanc, study_uid, before)
+        seg_series, seg_file = _new_dicom_seg(orthanc, study_uid, before, tmp_path)
         b.screenshot(ARTIFACTS / "ohif_exported_dicom_seg.png")
         assert b.page_errors() == []
         segments, referenced = read_dicom_seg(seg_file)
