@@ -198,11 +198,11 @@ def test_answer_promptd_uses_the_recorded_rotation():
         ids[rotated.label == i] = vocabulary[name].id
     labels = MetaTensor(torch.as_tensor(ids)[None], affine=torch.as_tensor(rotated.affine))
     prompt = "the organ left of the stomach"
-    plain = AnswerPromptd(keys="pred", prompt=prompt)({"pred": labels.clone()})["pred"]
+    plain = AnswerPromptd(keys="pred", resolution=resolve(prompt))({"pred": labels.clone()})["pred"]
     labels.meta[ROTATION_META_KEY] = torch.as_tensor(estimate.rotation)
     labels.meta[CENTRE_META_KEY] = torch.as_tensor(estimate.centre)
     assert not np.allclose(patient_frame_affine(labels), rotated.affine)
-    framed = AnswerPromptd(keys="pred", prompt=prompt)({"pred": labels})["pred"]
+    framed = AnswerPromptd(keys="pred", resolution=resolve(prompt))({"pred": labels})["pred"]
     spleen = vocabulary["spleen"].id
     assert (framed.numpy() == spleen).any() and not (plain.numpy() == spleen).any()
 

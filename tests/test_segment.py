@@ -103,3 +103,16 @@ def test_truncated_nifti_is_named(tmp_path, tiny_phantom):
     truncated.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
     with pytest.raises(ValueError, match="truncated.nii.gz"):
         check_image_path(truncated)
+
+
+def test_segment_resolves_the_prompt_once(tiny_phantom, trained_bundle, tmp_path, monkeypatch):
+    """segment() resolves the prompt once and hands the resolution to the bundle (its targets and AnswerPromptd)."""
+    from textseg.prompts import PromptResolver
+
+    calls = []
+    original = PromptResolver.resolve
+    monkeypatch.setattr(PromptResolver, "resolve", lambda self, prompt: (calls.append(prompt), original(self, prompt))[1])
+    image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
+    result = _segment(image, "the left kidney and the liver", tmp_path, trained_bundle)
+    assert result.targets == ["kidney_left", "liver"]
+    assert calls == ["the left kidney and the liver"]

@@ -170,6 +170,7 @@ def test_atomic_writer_keeps_previous_file_on_failure(tmp_path):
 @pytest.mark.parametrize("flip", [False, True])
 def test_answer_prompt_keeps_named_structures_and_query_answers(flip):
     from textseg.phantom import PHANTOM_LABELS, make_phantom
+    from textseg.prompts import resolve
     from textseg.transforms import AnswerPromptd
     from textseg.vocabulary import load_vocabulary
 
@@ -182,7 +183,7 @@ def test_answer_prompt_keeps_named_structures_and_query_answers(flip):
     if flip:  # the same anatomy stored LPS
         image = image.as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))
     labels = MetaTensor(torch.as_tensor(np.ascontiguousarray(image.dataobj))[None], affine=torch.as_tensor(image.affine))
-    out = AnswerPromptd("pred", "aorta and the organ left of the stomach")({"pred": labels})["pred"]
+    out = AnswerPromptd("pred", resolve("aorta and the organ left of the stomach"))({"pred": labels})["pred"]
     kept = set(torch.unique(out).tolist()) - {0}
     assert kept == {vocabulary["aorta"].id, vocabulary["spleen"].id}
     assert (out > 0).sum() == ((labels == vocabulary["aorta"].id) | (labels == vocabulary["spleen"].id)).sum()

@@ -31,6 +31,7 @@ __all__ = [
     "resolve",
     "resolve_prompt",
     "prompt_structures",
+    "resolution_structures",
     "select_by_query",
     "check_prompt_case",
 ]
@@ -367,13 +368,19 @@ def _query_candidates(query: GeometricQuery, allowed: Sequence[str], vocabulary:
 def prompt_structures(prompt: str, allowed: Sequence[str] | None = None, vocabulary: Vocabulary | None = None) -> list[str]:
     """Every structure a model must segment to answer ``prompt``: the named ones, then, for position/size
     queries, every candidate of the query's category among ``allowed`` and the references."""
-    resolution = resolve(prompt, vocabulary)
+    return resolution_structures(resolve(prompt, vocabulary), allowed, vocabulary)
+
+
+def resolution_structures(resolution: Resolution, allowed: Sequence[str] | None = None, vocabulary: Vocabulary | None = None) -> list[str]:
+    """:func:`prompt_structures` of a prompt already resolved (callers that also need the resolution resolve once)."""
     vocabulary = vocabulary or load_vocabulary()
-    names = resolution.structures
+    names = list(resolution.structures)
     _check_allowed(names, allowed)
     for query in resolution.queries:
         if allowed is None:
-            raise PromptError(f"{prompt!r} asks for a structure by position or size: the model's classes are needed to answer it.")
+            raise PromptError(
+                f"{resolution.prompt!r} asks for a structure by position or size: the model's classes are needed to answer it."
+            )
         extra = _query_candidates(query, allowed, vocabulary) + ([query.reference] if query.reference else [])
         _check_allowed([query.reference] if query.reference else [], allowed)
         names += [n for n in extra if n not in names]

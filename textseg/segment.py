@@ -15,7 +15,7 @@ import numpy as np
 
 from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, read_config_value, run_bundle
 from textseg.files import write_atomic
-from textseg.prompts import prompt_structures, resolve
+from textseg.prompts import resolution_structures, resolve
 from textseg.visualize import overlay_png
 from textseg.vocabulary import load_vocabulary
 
@@ -94,14 +94,23 @@ def segment(
     """
     image = check_image_path(image).resolve()
     class_names = read_config_value(bundle_dir, configs, "class_names")
-    prompt_structures(prompt, allowed=class_names)  # fail before loading any model
     resolution = resolve(prompt)
+    resolution_structures(resolution, allowed=class_names)  # fail before loading any model
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     case = _case_name(image)
     vocabulary = load_vocabulary()
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".tmp-") as work:
-        run_bundle(bundle_dir, configs, workflow_type="infer", input_image=str(image), prompt=prompt, output_dir=work, **override)
+        run_bundle(
+            bundle_dir,
+            configs,
+            workflow_type="infer",
+            input_image=str(image),
+            prompt=prompt,
+            prompt_resolution=resolution,  # resolved once, here
+            output_dir=work,
+            **override,
+        )
         written = sorted(Path(work).glob("*_seg.nii.gz"))
         if len(written) != 1:
             raise RuntimeError(f"bundle inference wrote {len(written)} label maps, expected 1: {written}")

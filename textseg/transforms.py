@@ -530,25 +530,25 @@ class AnswerPromptd(MapTransform):
     """Answer a prompt's position/size queries on a label map of vocabulary ids, keeping only what was asked.
 
     Runs after :class:`ProbabilitiesToLabelMapd` (and after inversion to the input grid): the label map
-    holds every structure the prompt needed (:func:`textseg.prompts.prompt_structures`); this keeps the
+    holds every structure the prompt needed (:func:`textseg.prompts.resolution_structures`); this keeps the
     named structures plus each query's answer, chosen in world coordinates from the image affine (in the
     patient's frame when :class:`textseg.canonical.CanonicalizeRotationd` recorded a rotation).
 
     Args:
         keys: label map key(s), [1, *S] vocabulary ids with an ``affine``.
-        prompt: the prompt.
+        resolution: the prompt as resolved once (:func:`textseg.prompts.resolve`, the bundle's ``prompt_resolution``).
     """
 
-    def __init__(self, keys: KeysCollection, prompt: str, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, resolution, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.prompt = prompt
+        self.resolution = resolution
 
     def __call__(self, data: Mapping) -> dict:
         from textseg.canonical import patient_frame_affine
-        from textseg.prompts import resolve, select_by_query
+        from textseg.prompts import select_by_query
         from textseg.vocabulary import load_vocabulary
 
-        resolution = resolve(self.prompt)
+        resolution = self.resolution
         if not resolution.queries:
             return dict(data)
         vocabulary = load_vocabulary()

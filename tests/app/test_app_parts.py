@@ -133,3 +133,41 @@ def test_a_new_model_is_one_file_in_lib_configs(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "text_prompt,all_structures,interactive,liver_only"
+
+
+def test_an_infer_request_resolves_its_prompt_once(tiny_phantom, trained_bundle, tmp_path):
+    """The app's path for one /infer request: the prompt is checked (``targets_of``, 400 on a bad prompt), MONAI Label
+    deep-copies the request, the task runs the bundle and answers; the resolver is called once, for the request's
+    prompt only (building the task resolves no default prompt). Run in a child process holding the app's ``lib``."""
+    import subprocess
+    import sys
+
+    image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
+    code = f"""
+import copy, json
+from lib.infers import TextPromptInferTask
+from lib.settings import AppSettings
+from textseg.prompts import PromptResolver
+
+calls = []
+original = PromptResolver.resolve
+PromptResolver.resolve = lambda self, prompt: (calls.append(prompt), original(self, prompt))[1]
+conf = {{"bundle_overlay": "tiny", "checkpoint": {str(trained_bundle / "model_tiny.pt")!r}, "device": "cpu"}}
+settings = AppSettings.from_conf({str(APP_LIB.parent)!r}, conf)
+task = TextPromptInferTask(settings)
+request = {{"image": {str(image)!r}, "prompt": "the left kidney and the liver", "result_extension": ".nii.gz"}}
+task.targets_of(request)
+path, result = task(copy.deepcopy(request))
+print(json.dumps({{"calls": calls, "targets": result["targets"]}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=APP_LIB.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(APP_LIB.parent), "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"calls": ["the left kidney and the liver"], "targets": ["kidney_left", "liver"]}

@@ -20,12 +20,15 @@ from lib.settings import AppSettings
 from lib.transforms import RestoreStringImageKeysd, StashStringImageKeysd
 from textseg.bundle import bundle_config_files
 from textseg.checkpoints import CheckpointMismatchError, require_matching_embeddings
-from textseg.prompts import prompt_structures, resolve
+from textseg.prompts import Resolution, resolution_structures, resolve
 from textseg.vocabulary import load_vocabulary
 
-__all__ = ["TextPromptInferTask", "CheckpointMismatchError"]
+__all__ = ["TextPromptInferTask", "CheckpointMismatchError", "RESOLUTION_KEY"]
 
 logger = logging.getLogger(__name__)
+
+RESOLUTION_KEY = "_textseg_resolution"
+"""Request key under which :meth:`TextPromptInferTask.resolution_of` keeps the resolved prompt for the task's call."""
 
 
 class TextPromptInferTask(BasicInferTask):
@@ -94,9 +97,18 @@ class TextPromptInferTask(BasicInferTask):
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}.")
         return prompt
 
+    def resolution_of(self, request: dict) -> Resolution:
+        """The request's prompt resolved, once per request: the resolution is kept in the request (under
+        :data:`RESOLUTION_KEY`) for the task's call, which takes it out before the request becomes data."""
+        resolution = request.get(RESOLUTION_KEY)
+        if resolution is None:
+            resolution = resolve(self.prompt_of(request))
+            request[RESOLUTION_KEY] = resolution
+        return resolution
+
     def targets_of(self, request: dict) -> list[str]:
         """Structures the prompt needs (raises ``PromptError``/``KeyError`` naming the problem)."""
-        return prompt_structures(self.prompt_of(request), allowed=self.class_names)
+        return resolution_structures(self.resolution_of(request), allowed=self.class_names)
 
     def _parser(self) -> ConfigParser:
         parser = getattr(self._local, "parser", None)
@@ -105,11 +117,14 @@ class TextPromptInferTask(BasicInferTask):
         return parser
 
     def __call__(self, request, callbacks=None):
-        prompt = self.prompt_of(request)
-        targets = prompt_structures(prompt, allowed=self.class_names)
+        resolution = self.resolution_of(request)
+        request.pop(RESOLUTION_KEY)
+        prompt = resolution.prompt
+        targets = resolution_structures(resolution, allowed=self.class_names)
         parser = ConfigParser(copy.deepcopy(self._base_config))
         parser["text_table"] = self._text_table
         parser["prompt"] = prompt
+        parser["prompt_resolution"] = resolution  # resolved once, above
         parser["device"] = torch.device(self.settings.device)
         self._local.parser = parser
         try:
@@ -117,7 +132,6 @@ class TextPromptInferTask(BasicInferTask):
         finally:
             self._local.parser = None
         vocabulary = load_vocabulary()
-        resolution = resolve(prompt)
         if resolution.queries and result_file:
             # position/size queries ("organ left of the stomach"): report the named structures and the answers
             # the label map kept, not every candidate the network had to segment
