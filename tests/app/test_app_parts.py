@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import monai
@@ -13,6 +17,21 @@ import pytest
 from textseg.app_support import annotated_structures, check_image_id, check_label_file, label_info_for_map
 
 APP_LIB = Path(__file__).resolve().parents[2] / "apps" / "textseg_app" / "lib"
+
+
+def _run_python_in_app(code: str, app_dir: Path, timeout: float) -> str:
+    """Run ``code`` in a fresh Python whose working directory and path hold the app folder ``app_dir`` (so that
+    ``import main`` and ``import lib...`` find it); returns the last line it printed."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=app_dir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(app_dir), "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
 
 
 def _app_module(name: str):
@@ -113,8 +132,6 @@ def test_a_new_model_is_one_file_in_lib_configs(tmp_path):
     """The app finds its models from the TaskConfig classes in lib/configs (named after their files), as MONAI
     Label's radiology app does: a copy of the app with one more file serves one more model, text_prompt first."""
     import shutil
-    import subprocess
-    import sys
 
     app = tmp_path / "app"
     shutil.copytree(APP_LIB.parent, app, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
@@ -123,25 +140,14 @@ def test_a_new_model_is_one_file_in_lib_configs(tmp_path):
         "class LiverOnly(TextPrompt, TaskConfig):\n    pass\n",
         encoding="utf-8",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", "import main; print(','.join(main.model_configs()))"],
-        cwd=app,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(app)},
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "text_prompt,all_structures,interactive,liver_only"
+    names = _run_python_in_app("import main; print(','.join(main.model_configs()))", app, timeout=300)
+    assert names == "text_prompt,all_structures,interactive,liver_only"
 
 
 def test_an_infer_request_resolves_its_prompt_once(tiny_phantom, trained_bundle, tmp_path):
     """The app's path for one /infer request: the prompt is checked (``targets_of``, 400 on a bad prompt), MONAI Label
     deep-copies the request, the task runs the bundle and answers; the resolver is called once, for the request's
     prompt only (building the task resolves no default prompt). Run in a child process holding the app's ``lib``."""
-    import subprocess
-    import sys
-
     image = sorted((tiny_phantom / "imagesTs").glob("*.nii.gz"))[0]
     code = f"""
 import copy, json
@@ -160,14 +166,5 @@ task.targets_of(request)
 path, result = task(copy.deepcopy(request))
 print(json.dumps({{"calls": calls, "targets": result["targets"]}}))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=APP_LIB.parent,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**__import__("os").environ, "PYTHONPATH": str(APP_LIB.parent), "HF_HUB_OFFLINE": "1"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    report = json.loads(_run_python_in_app(code, APP_LIB.parent, timeout=600))
     assert report == {"calls": ["the left kidney and the liver"], "targets": ["kidney_left", "liver"]}

@@ -62,18 +62,21 @@ def test_infer_on_an_orthanc_series_and_save_the_label_as_dicom_seg(dw_client, o
     segs = [s for s in orthanc.get_json("/dicom-web/series?Modality=SEG") if s["0020000E"]["Value"][0] not in before]
     assert len(segs) == 1
     seg_series = segs[0]["0020000E"]["Value"][0]
-    (instance,) = [
-        i for s in orthanc.get_json("/series?expand") if s["MainDicomTags"]["SeriesInstanceUID"] == seg_series for i in s["Instances"]
-    ]
-    seg_file = tmp_path / "seg.dcm"
-    with urllib.request.urlopen(f"{orthanc.url}/instances/{instance}/file", timeout=30) as r:
-        seg_file.write_bytes(r.read())
-    segments, referenced = read_dicom_seg(seg_file)
+    segments, referenced = read_dicom_seg(_download_single_instance(orthanc, seg_series, tmp_path / "seg.dcm"))
     assert referenced == series_uid
     assert {s.label: s.voxels for s in segments} == {"kidney_right": 125, "liver": 1000}
     vocabulary = load_vocabulary()
     for segment in segments:  # coloured from the vocabulary (CIELab in the file; rounding within 2 of 255)
         assert max(abs(a - b) for a, b in zip(segment.color, vocabulary[segment.label].color)) <= 2, segment
+
+
+def _download_single_instance(orthanc, series_uid: str, path: Path) -> Path:
+    """The one instance of an Orthanc series (a DICOM SEG), saved as ``path``."""
+    series = orthanc.get_json("/series?expand")
+    (instance,) = [i for s in series if s["MainDicomTags"]["SeriesInstanceUID"] == series_uid for i in s["Instances"]]
+    with urllib.request.urlopen(f"{orthanc.url}/instances/{instance}/file", timeout=30) as r:
+        path.write_bytes(r.read())
+    return path
 
 
 def _corners(affine, shape):
@@ -256,12 +259,7 @@ def _new_dicom_seg(orthanc, study_uid: str, before: set[str], out_dir: Path, tim
         new = [s["0020000E"]["Value"][0] for s in series if s["0020000E"]["Value"][0] not in before]
         if new:
             (uid,) = new
-            series = orthanc.get_json("/series?expand")
-            (instance,) = [i for s in series if s["MainDicomTags"]["SeriesInstanceUID"] == uid for i in s["Instances"]]
-            path = out_dir / "seg.dcm"
-            with urllib.request.urlopen(f"{orthanc.url}/instances/{instance}/file", timeout=30) as r:
-                path.write_bytes(r.read())
-            return uid, path
+            return uid, _download_single_instance(orthanc, uid, out_dir / "seg.dcm")
         time.sleep(1)
     raise TimeoutError(f"no new DICOM SEG in Orthanc for study {study_uid}")
 
