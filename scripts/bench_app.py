@@ -78,7 +78,6 @@ class DirectBundle:
         self.parser = ConfigParser()
         self.parser.read_config(bundle_config_files(BUNDLE, ["inference.json", "tiny.json"]))
         self.parser["bundle_root"] = str(BUNDLE)
-        self.parser["prompt"] = PROMPT
         self.parser["output_dir"] = str(out_dir)
         self.network = self.parser.get_parsed_content("network")
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -91,7 +90,7 @@ class DirectBundle:
     def __call__(self, image: Path) -> None:
         import torch
 
-        data = self.pre({"image": str(image)})
+        data = self.pre({"image": str(image), "prompt": PROMPT})
         with torch.no_grad():
             data["pred"] = self.inferer(data["image"][None], self.network, text_embedding=data["text_embedding"])[0]
         self.post(data)

@@ -51,16 +51,14 @@ def _child(image: str, prompt: str, mode: str) -> dict:
     parser = ConfigParser()
     parser.read_config(bundle_config_files(DEFAULT_BUNDLE, SHIPPED_CONFIGS))
     parser["bundle_root"] = str(DEFAULT_BUNDLE)
-    parser["prompt"] = prompt
     network = parser.get_parsed_content("network")
     state = torch.load(Path(DEFAULT_BUNDLE) / "models" / "model.pt", map_location="cpu", weights_only=True)
     network.load_state_dict(state)
     network.eval()
     preprocessing, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
-    target_ids = parser.get_parsed_content("target_ids")
     times = {}
     start = time.perf_counter()
-    data = preprocessing({"image": image})
+    data = preprocessing({"image": image, "prompt": prompt})
     times["load_and_preprocess_s"] = time.perf_counter() - start
     times["peak_after_preprocess_gib"] = _peak_gib()
     start = time.perf_counter()
@@ -69,7 +67,7 @@ def _child(image: str, prompt: str, mode: str) -> dict:
     times["peak_after_network_gib"] = _peak_gib()
     data["pred"] = torch.sigmoid(logits)
     data["pred"].applied_operations = data["image"].applied_operations
-    to_labels = ProbabilitiesToLabelMapd(keys="pred", label_ids=target_ids, threshold=0.5)
+    to_labels = ProbabilitiesToLabelMapd(keys="pred", label_ids=data["target_ids"], threshold=0.5)
     if mode == "probabilities":
         post = Compose([Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False), to_labels])
     elif mode == "label map, Invertd":

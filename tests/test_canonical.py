@@ -4,6 +4,7 @@ input grid, failure fallback, and position prompts answered in the patient's fra
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 
 import numpy as np
@@ -197,12 +198,12 @@ def test_answer_promptd_uses_the_recorded_rotation():
     for i, name in PHANTOM_LABELS.items():
         ids[rotated.label == i] = vocabulary[name].id
     labels = MetaTensor(torch.as_tensor(ids)[None], affine=torch.as_tensor(rotated.affine))
-    prompt = "the organ left of the stomach"
-    plain = AnswerPromptd(keys="pred", resolution=resolve(prompt))({"pred": labels.clone()})["pred"]
+    resolution = json.dumps(resolve("the organ left of the stomach").to_dict())
+    plain = AnswerPromptd(keys="pred")({"pred": labels.clone(), "prompt_resolution": resolution})["pred"]
     labels.meta[ROTATION_META_KEY] = torch.as_tensor(estimate.rotation)
     labels.meta[CENTRE_META_KEY] = torch.as_tensor(estimate.centre)
     assert not np.allclose(patient_frame_affine(labels), rotated.affine)
-    framed = AnswerPromptd(keys="pred", resolution=resolve(prompt))({"pred": labels})["pred"]
+    framed = AnswerPromptd(keys="pred")({"pred": labels, "prompt_resolution": resolution})["pred"]
     spleen = vocabulary["spleen"].id
     assert (framed.numpy() == spleen).any() and not (plain.numpy() == spleen).any()
 

@@ -162,3 +162,28 @@ def test_query_without_answer_is_an_error():
         select_by_query(GeometricQuery("relation", "organ", relation="left_of", reference="liver"), masks, np.eye(4))
     with pytest.raises(PromptError, match="no structure was segmented"):
         select_by_query(GeometricQuery("largest", "organ"), {"liver": np.zeros((2, 2, 2), bool)}, np.eye(4))
+
+
+def test_a_resolution_round_trips_through_its_dict():
+    from textseg.prompts import Resolution
+
+    for prompt in ("the liver and the organ left of the stomach", "largest organ in the upper abdomen", "left kidney"):
+        resolution = resolve(prompt)
+        assert Resolution.from_dict(resolution.to_dict()) == resolution
+
+
+def test_resolve_structures_takes_names_as_they_are_and_resolves_other_wording(monkeypatch):
+    from textseg.prompts import resolve_structures
+
+    calls = []
+    original = PromptResolver.resolve
+    monkeypatch.setattr(PromptResolver, "resolve", lambda self, prompt: (calls.append(prompt), original(self, prompt))[1])
+    resolution = resolve_structures(["liver", "kidney_left", "kidneys"])
+    assert resolution.structures == ["liver", "kidney_left", "kidney_right"]
+    assert calls == ["kidneys"]  # canonical names are not parsed; no joined prompt is
+    with pytest.raises(PromptError, match="non-empty list"):
+        resolve_structures([])
+    with pytest.raises(PromptError, match="non-empty strings"):
+        resolve_structures(["liver", ""])
+    with pytest.raises(UnknownStructureError):
+        resolve_structures(["flux capacitor"])

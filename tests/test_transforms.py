@@ -1,3 +1,5 @@
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -5,6 +7,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
+from textseg.prompts import PromptError
 from textseg.transforms import (
     IGNORE_CHANNEL,
     AddTextEmbeddingd,
@@ -104,6 +107,76 @@ def test_probabilities_to_label_map():
         ProbabilitiesToLabelMapd("pred", label_ids=[5, 2])({"pred": torch.zeros(3, 2, 2, 2)})
 
 
+def test_probabilities_to_label_map_reads_the_sample_s_ids():
+    probs = torch.tensor([[0.9, 0.2], [0.1, 0.8]]).reshape(2, 2, 1, 1)
+    out = ProbabilitiesToLabelMapd("pred", label_ids_key="target_ids")({"pred": probs, "target_ids": torch.tensor([7, 3])})["pred"]
+    assert out.flatten().tolist() == [7, 3]
+    with pytest.raises(ValueError, match="either label_ids or label_ids_key"):
+        ProbabilitiesToLabelMapd("pred")
+    with pytest.raises(ValueError, match="either label_ids or label_ids_key"):
+        ProbabilitiesToLabelMapd("pred", label_ids=[1], label_ids_key="target_ids")
+
+
+def _random_table(dim: int = 8):
+    from textseg.text import EmbeddingTable
+    from textseg.vocabulary import load_vocabulary
+
+    names = list(load_vocabulary().names)
+    return EmbeddingTable(names, torch.randn(len(names), dim, generator=torch.Generator().manual_seed(0)), encoder="test")
+
+
+def test_resolve_promptd_writes_ids_embeddings_and_the_resolution():
+    from textseg.prompts import resolution_structures, resolve
+    from textseg.text import prompt_features
+    from textseg.transforms import ResolvePromptd, resolution_of
+    from textseg.vocabulary import load_vocabulary
+
+    vocabulary = load_vocabulary()
+    table = _random_table()
+    classes = ["spleen", "kidney_right", "kidney_left", "liver", "stomach", "aorta"]
+    out = ResolvePromptd(table, classes)({"image": 0, "prompt": "aorta and the organ left of the stomach"})
+    names = resolution_structures(resolve("aorta and the organ left of the stomach"), allowed=classes)
+    assert names[0] == "aorta" and "spleen" in names and "stomach" in names
+    assert out["target_ids"].tolist() == [vocabulary[n].id for n in names]
+    assert torch.equal(out["text_embedding"], prompt_features(table, names))
+    assert out["prompt"] == "aorta and the organ left of the stomach"
+    assert resolution_of(out) == resolve("aorta and the organ left of the stomach")
+    with pytest.raises(PromptError, match="not trained on pancreas"):
+        ResolvePromptd(table, classes)({"prompt": "pancreas"})
+    with pytest.raises(PromptError, match="no 'prompt'"):
+        ResolvePromptd(table, classes)({"image": 0})
+
+
+def test_resolve_promptd_takes_a_resolution_without_resolving_again(monkeypatch):
+    from textseg.prompts import PromptResolver, resolve
+    from textseg.transforms import ResolvePromptd
+
+    resolution = resolve("left kidney and liver")
+    calls = []
+    monkeypatch.setattr(PromptResolver, "resolve", lambda self, prompt: calls.append(prompt))
+    out = ResolvePromptd(_random_table(), ["liver", "kidney_left"])({"prompt": resolution})
+    assert calls == [] and out["prompt"] == "left kidney and liver"
+    assert out["target_ids"].tolist() == [3, 5]
+
+
+def test_the_resolved_prompt_survives_a_data_loader_and_decollation():
+    """A bundle's DataLoader collates the sample and the evaluator decollates it before post-processing: the ids, the
+    embeddings and the resolution (JSON) come out as they went in."""
+    from monai.data import DataLoader, Dataset, decollate_batch
+
+    from textseg.prompts import resolve
+    from textseg.transforms import ResolvePromptd, resolution_of
+
+    transform = ResolvePromptd(_random_table(), ["spleen", "liver", "stomach"])
+    data = [{"image": torch.zeros(1, 2, 2, 2), "prompt": "liver and the largest organ"}]
+    batch = next(iter(DataLoader(Dataset(data, transform), batch_size=1)))
+    assert batch["text_embedding"].shape == (1, 3, 10)
+    (sample,) = decollate_batch(batch)
+    assert sample["target_ids"].tolist() == [5, 1, 6]
+    assert resolution_of(sample) == resolve("liver and the largest organ")
+    assert resolution_of(batch) == resolve("liver and the largest organ")
+
+
 def test_add_text_embedding():
     out = AddTextEmbeddingd(torch.ones(3, 8))({"image": 0})
     assert out["text_embedding"].shape == (3, 8)
@@ -183,7 +256,8 @@ def test_answer_prompt_keeps_named_structures_and_query_answers(flip):
     if flip:  # the same anatomy stored LPS
         image = image.as_reoriented(np.array([[0, -1], [1, -1], [2, 1]]))
     labels = MetaTensor(torch.as_tensor(np.ascontiguousarray(image.dataobj))[None], affine=torch.as_tensor(image.affine))
-    out = AnswerPromptd("pred", resolve("aorta and the organ left of the stomach"))({"pred": labels})["pred"]
+    resolution = json.dumps(resolve("aorta and the organ left of the stomach").to_dict())
+    out = AnswerPromptd("pred")({"pred": labels, "prompt_resolution": resolution})["pred"]
     kept = set(torch.unique(out).tolist()) - {0}
     assert kept == {vocabulary["aorta"].id, vocabulary["spleen"].id}
     assert (out > 0).sum() == ((labels == vocabulary["aorta"].id) | (labels == vocabulary["spleen"].id)).sum()

@@ -29,6 +29,7 @@ __all__ = [
     "PromptResolver",
     "split_prompt",
     "resolve",
+    "resolve_structures",
     "resolve_prompt",
     "prompt_structures",
     "resolution_structures",
@@ -160,6 +161,20 @@ class Resolution:
 
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "targets": [t.to_dict() for t in self.targets], "structures": self.structures}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Resolution:
+        """Inverse of :meth:`to_dict` (the data pipeline carries a resolution as JSON, which survives collation)."""
+        targets = [
+            Target(
+                t["phrase"],
+                structure=t.get("structure"),
+                query=GeometricQuery(**t["query"]) if t.get("query") else None,
+                explanation=t.get("explanation", ""),
+            )
+            for t in d.get("targets", [])
+        ]
+        return cls(str(d["prompt"]), targets)
 
 
 def split_prompt(prompt: str) -> list[str]:
@@ -351,6 +366,26 @@ def _resolver(vocabulary: Vocabulary | None) -> PromptResolver:
 def resolve(prompt: str, vocabulary: Vocabulary | None = None) -> Resolution:
     """Resolve a prompt with the default resolver (MiniLM for unknown wording)."""
     return _resolver(vocabulary).resolve(prompt)
+
+
+def resolve_structures(names: Sequence[str], vocabulary: Vocabulary | None = None) -> Resolution:
+    """A resolution of a list of structures (a client's ``structures``, a model's classes), item by item.
+
+    Canonical vocabulary names are taken as they are; any other item ("left kidney", "kidneys") is resolved on
+    its own. The list is never joined into a prompt and parsed back.
+    """
+    if isinstance(names, str) or not names:
+        raise PromptError(f"expected a non-empty list of structure names, got {names!r}.")
+    known = vocabulary or load_vocabulary()
+    resolution = Resolution(", ".join(str(n) for n in names))
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise PromptError(f"structure names must be non-empty strings, got {name!r}.")
+        if name in known:
+            resolution.targets.append(Target(name, structure=name, explanation=f"{name} (structure name)"))
+        else:
+            resolution.targets.extend(resolve(name, vocabulary).targets)
+    return resolution
 
 
 def _check_allowed(names: Sequence[str], allowed: Sequence[str] | None) -> None:

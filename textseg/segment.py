@@ -105,9 +105,7 @@ def segment(
             bundle_dir,
             configs,
             workflow_type="infer",
-            input_image=str(image),
-            prompt=prompt,
-            prompt_resolution=resolution,  # resolved once, here
+            input_dict={"image": str(image), "prompt": resolution},  # the prompt is data, resolved once, here
             output_dir=work,
             **override,
         )

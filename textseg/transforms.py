@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
@@ -32,6 +33,11 @@ __all__ = [
     "CheckCTd",
     "LabelToChannelsd",
     "AddTextEmbeddingd",
+    "PROMPT_KEY",
+    "RESOLUTION_KEY",
+    "TARGET_IDS_KEY",
+    "ResolvePromptd",
+    "resolution_of",
     "SamplePromptsd",
     "MaskUnsupervisedd",
     "ProbabilitiesToLabelMapd",
@@ -329,6 +335,73 @@ class AddTextEmbeddingd(MapTransform):
         return d
 
 
+PROMPT_KEY = "prompt"
+"""Data key of a sample's prompt: free text, or a :class:`textseg.prompts.Resolution` its caller resolved."""
+RESOLUTION_KEY = "prompt_resolution"
+"""Data key of the resolved prompt, as JSON (:meth:`textseg.prompts.Resolution.to_dict`), written by :class:`ResolvePromptd`."""
+TARGET_IDS_KEY = "target_ids"
+"""Data key of the vocabulary ids [K] of the structures the network answers, in the order of the text embeddings."""
+
+
+def resolution_of(data: Mapping, key: str = RESOLUTION_KEY):
+    """The :class:`textseg.prompts.Resolution` that :class:`ResolvePromptd` put in ``data`` (JSON, or a list of one
+    after collation)."""
+    from textseg.prompts import Resolution
+
+    value = data[key]
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, Resolution):
+        return value
+    return Resolution.from_dict(json.loads(value))
+
+
+class ResolvePromptd(MapTransform):
+    """Resolve a sample's prompt once into what inference and post-processing read: the prompt is data.
+
+    Reads ``data["prompt"]``: free text ("segment the liver and kidneys"), or a :class:`textseg.prompts.Resolution`
+    that the caller already resolved (it is then not resolved again). Writes:
+
+    - ``prompt``: the prompt's text;
+    - ``prompt_resolution``: the resolution as JSON, a string so that it survives ``DataLoader`` collation
+      (read it with :func:`resolution_of`; :class:`AnswerPromptd` answers its position/size queries);
+    - ``target_ids``: int64 [K], vocabulary ids of the structures the network answers: the named ones, then the
+      candidates of position/size queries among ``class_names`` (:func:`textseg.prompts.resolution_structures`);
+    - ``text_embedding``: float32 [K, D], the network's conditioning for each of them.
+
+    Args:
+        table: the vocabulary's text-embedding table (:func:`textseg.text.vocabulary_embedding_table`).
+        class_names: the model's classes; a prompt naming anything else fails with ``PromptError`` naming it.
+        embedding_key: where the text embeddings go (``PrepareBatchExtraInput`` reads them from there).
+
+    Raises:
+        PromptError: no prompt, an empty one, or one naming structures the model was not trained on.
+    """
+
+    def __init__(self, table, class_names: Sequence[str], embedding_key: str = "text_embedding"):
+        super().__init__(keys=[PROMPT_KEY])
+        self.table = table
+        self.class_names = list(class_names)
+        self.embedding_key = embedding_key
+
+    def __call__(self, data: Mapping) -> dict:
+        from textseg.prompts import PromptError, Resolution, resolution_structures, resolve
+        from textseg.text import prompt_features
+        from textseg.vocabulary import structure_ids
+
+        d = dict(data)
+        prompt = d.get(PROMPT_KEY)
+        if prompt is None:
+            raise PromptError(f"the sample has no {PROMPT_KEY!r}: give the text to segment, e.g. 'segment the liver and kidneys'.")
+        resolution = prompt if isinstance(prompt, Resolution) else resolve(prompt)
+        names = resolution_structures(resolution, allowed=self.class_names)
+        d[PROMPT_KEY] = resolution.prompt
+        d[RESOLUTION_KEY] = json.dumps(resolution.to_dict())
+        d[TARGET_IDS_KEY] = torch.as_tensor(structure_ids(names), dtype=torch.int64)
+        d[self.embedding_key] = prompt_features(self.table, names)
+        return d
+
+
 class SamplePromptsd(Randomizable, MapTransform):
     """Pick the prompts one training crop is supervised with: present structures and known-absent ones.
 
@@ -422,23 +495,37 @@ class ProbabilitiesToLabelMapd(MapTransform):
 
     Args:
         keys: prediction key(s).
-        label_ids: vocabulary id of each of the K prompts.
+        label_ids: vocabulary id of each of the K prompts, fixed; or
+        label_ids_key: the data key holding them per sample ([K], e.g. ``target_ids`` from :class:`ResolvePromptd`).
         threshold: minimum probability for foreground.
     """
 
-    def __init__(self, keys: KeysCollection, label_ids: Sequence[int], threshold: float = 0.5, allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_ids: Sequence[int] | None = None,
+        threshold: float = 0.5,
+        label_ids_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
-        self.label_ids = torch.as_tensor([int(i) for i in label_ids], dtype=torch.int16)
+        if (label_ids is None) == (label_ids_key is None):
+            raise ValueError("give either label_ids or label_ids_key.")
+        self.label_ids = None if label_ids is None else torch.as_tensor([int(i) for i in label_ids], dtype=torch.int16)
+        self.label_ids_key = label_ids_key
         self.threshold = threshold
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
+        label_ids = self.label_ids
+        if label_ids is None:
+            label_ids = torch.as_tensor(d[self.label_ids_key]).reshape(-1).to(torch.int16)
         for key in self.key_iterator(d):
             probs = d[key]
-            if probs.shape[0] != len(self.label_ids):
-                raise ValueError(f"{key}: {probs.shape[0]} probability channels for {len(self.label_ids)} label ids.")
+            if probs.shape[0] != len(label_ids):
+                raise ValueError(f"{key}: {probs.shape[0]} probability channels for {len(label_ids)} label ids.")
             best, index = torch.as_tensor(probs).max(dim=0, keepdim=True)
-            labels = torch.where(best >= self.threshold, self.label_ids.to(index.device)[index], torch.zeros_like(index, dtype=torch.int16))
+            labels = torch.where(best >= self.threshold, label_ids.to(index.device)[index], torch.zeros_like(index, dtype=torch.int16))
             d[key] = (
                 MetaTensor(labels, meta=probs.meta, applied_operations=probs.applied_operations)
                 if isinstance(probs, MetaTensor)
@@ -536,19 +623,19 @@ class AnswerPromptd(MapTransform):
 
     Args:
         keys: label map key(s), [1, *S] vocabulary ids with an ``affine``.
-        resolution: the prompt as resolved once (:func:`textseg.prompts.resolve`, the bundle's ``prompt_resolution``).
+        resolution_key: where :class:`ResolvePromptd` left the resolved prompt.
     """
 
-    def __init__(self, keys: KeysCollection, resolution, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, resolution_key: str = RESOLUTION_KEY, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.resolution = resolution
+        self.resolution_key = resolution_key
 
     def __call__(self, data: Mapping) -> dict:
         from textseg.canonical import patient_frame_affine
         from textseg.prompts import select_by_query
         from textseg.vocabulary import load_vocabulary
 
-        resolution = self.resolution
+        resolution = resolution_of(data, self.resolution_key)
         if not resolution.queries:
             return dict(data)
         vocabulary = load_vocabulary()

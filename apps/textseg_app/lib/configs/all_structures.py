@@ -13,7 +13,7 @@ __all__ = ["AllStructures"]
 
 
 class AllStructures(TaskConfig):
-    """Every class of the bundle in one pass (the prompt is the list of the bundle's class names).
+    """Every class of the bundle in one pass (the request's prompt is ignored).
 
     Shares the checkpoint (and so the trainer) with ``text_prompt``; it has no trainer of its own.
     """
@@ -24,9 +24,7 @@ class AllStructures(TaskConfig):
         self.path = str(self.settings.checkpoint)
 
     def infer(self):
-        task = TextPromptInferTask(self.settings, fixed_prompt="__all__", description="Segment every structure the model knows")
-        task.fixed_prompt = ", ".join(task.class_names)
-        return task
+        return TextPromptInferTask(self.settings, all_structures=True, description="Segment every structure the model knows")
 
     def trainer(self):
         return None

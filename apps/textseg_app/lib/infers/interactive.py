@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from lib.infers.text_prompt import TextPromptInferTask
 from lib.settings import AppSettings
 from textseg.geometry import bbox_to_grid
-from textseg.prompts import prompt_structures
+from textseg.prompts import Resolution, resolution_structures, resolve_structures
 from textseg.spatial import (
     SpatialPromptError,
     check_box,
@@ -26,6 +27,7 @@ from textseg.spatial import (
     infer_with_guidance,
     points_to_grid,
 )
+from textseg.transforms import TARGET_IDS_KEY
 from textseg.vocabulary import load_vocabulary
 
 __all__ = ["InteractiveInferTask", "parse_points", "DEFAULT_CLICK_RADIUS"]
@@ -75,21 +77,36 @@ class InteractiveInferTask(TextPromptInferTask):
         description: str = "Interactive segmentation: clicks (foreground/background), optional box and optional label or prompt",
     ):
         super().__init__(settings, default_prompt="", description=description)
+        self._every_class = resolve_structures(self.class_names)
+        self._local = threading.local()
         self.type = InferType.DEEPGROW
         self._config.update({"label": "", "foreground": [], "background": [], "click_radius": DEFAULT_CLICK_RADIUS})
 
     # --- request handling ------------------------------------------------------------------------------
-    def candidates_of(self, request: dict) -> list[str]:
-        """The structures a request may mean: its ``label``/``prompt``/``structures``, else every class."""
-        text = request.get("label") or ""
-        if not text:
-            text = super().prompt_of(request) if (request.get("prompt") or request.get("structures")) else ""
-        if not isinstance(text, str):
-            raise ValueError(f"label must be a structure name, got {type(text).__name__}.")
-        return prompt_structures(text, allowed=self.class_names) if text.strip() else list(self.class_names)
+    def resolution_of(self, request: dict) -> Resolution:
+        """The structures a request may mean, resolved once: its ``label`` (a structure name or text), ``prompt`` or
+        ``structures``, else every class. One of them is chosen by the clicks, so position/size queries become
+        their candidates."""
+        prompt = request.get("prompt")
+        if isinstance(prompt, Resolution):
+            return prompt
+        label = request.get("label") or ""
+        if not isinstance(label, str):
+            raise ValueError(f"label must be a structure name, got {type(label).__name__}.")
+        if label.strip():
+            resolution = resolve_structures([label])
+        elif request.get("prompt") or request.get("structures"):
+            resolution = super().resolution_of(request)
+        else:
+            resolution = self._every_class
+        if resolution.queries:
+            resolution = resolve_structures(resolution_structures(resolution, allowed=self.class_names))
+        request["prompt"] = resolution
+        return resolution
 
-    def prompt_of(self, request: dict) -> str:
-        return ", ".join(self.candidates_of(request))
+    def candidates_of(self, request: dict) -> list[str]:
+        """The structures a request may mean, in the order of the network's prompts."""
+        return resolution_structures(self.resolution_of(request), allowed=self.class_names)
 
     def spatial_prompts_of(self, request: dict, shape: Sequence[int] | None = None) -> dict[str, list]:
         """``{"foreground", "background", "boxes"}`` of a request in image voxels, checked against ``shape`` when given.
@@ -199,7 +216,8 @@ class InteractiveInferTask(TextPromptInferTask):
         device = torch.device(device)
         prompts_embedding = torch.as_tensor(data["text_embedding"]).to(device)
         num_prompts = prompts_embedding.shape[0]
-        names = list(self._parser().get_parsed_content("targets"))  # the order of the prompt embeddings
+        vocabulary = load_vocabulary()
+        names = [vocabulary.by_id(int(i)).name for i in data[TARGET_IDS_KEY]]  # the order of the prompt embeddings
         x = torch.as_tensor(image)[None].to(device)
         batch_guidance = guidance[None, None].expand(1, num_prompts, *guidance.shape).to(device)
         with torch.no_grad():

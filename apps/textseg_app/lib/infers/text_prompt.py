@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,27 +18,26 @@ from lib.settings import AppSettings
 from lib.transforms import RestoreStringImageKeysd, StashStringImageKeysd
 from textseg.bundle import bundle_config_files
 from textseg.checkpoints import CheckpointMismatchError, require_matching_embeddings
-from textseg.prompts import Resolution, resolution_structures, resolve
+from textseg.prompts import Resolution, resolution_structures, resolve, resolve_structures
 from textseg.vocabulary import load_vocabulary
 
-__all__ = ["TextPromptInferTask", "CheckpointMismatchError", "RESOLUTION_KEY"]
+__all__ = ["TextPromptInferTask", "CheckpointMismatchError"]
 
 logger = logging.getLogger(__name__)
-
-RESOLUTION_KEY = "_textseg_resolution"
-"""Request key under which :meth:`TextPromptInferTask.resolution_of` keeps the resolved prompt for the task's call."""
 
 
 class TextPromptInferTask(BasicInferTask):
     """Segment what a free-text prompt names, with the bundle's preprocessing, inferer and postprocessing.
 
-    Every request parses a fresh copy of the bundle config with its ``prompt`` (so concurrent requests never
-    share state); the network is loaded once per device and reloaded when the checkpoint file changes
-    (e.g. after training from the app). The label map holds vocabulary ids on the input image's grid.
+    The bundle config is parsed once, at start-up: the prompt is data (the bundle's ``ResolvePromptd`` reads the
+    request's ``prompt``), so the transforms and the inferer serve every request. The prompt is resolved once per
+    request, by :meth:`resolution_of`, which puts the resolution in the request's ``prompt``; the network is loaded
+    once per device and reloaded when the checkpoint file changes (e.g. after training from the app). The label map
+    holds vocabulary ids on the input image's grid.
 
     Args:
         settings: bundle folder, overlays, checkpoint and device.
-        fixed_prompt: when given, the task ignores the request's prompt (the "all structures" model).
+        all_structures: ignore the request's prompt and segment every class of the bundle (the "all structures" model).
         default_prompt: prompt used when a request gives none.
         description: shown in /info.
     """
@@ -48,27 +45,31 @@ class TextPromptInferTask(BasicInferTask):
     def __init__(
         self,
         settings: AppSettings,
-        fixed_prompt: str | None = None,
+        all_structures: bool = False,
         default_prompt: str = "segment the liver and kidneys",
         description: str = "Text-prompted CT segmentation",
     ):
         self.settings = settings
-        self.fixed_prompt = fixed_prompt
+        self.all_structures = all_structures
         parser = ConfigParser()
         parser.read_config(bundle_config_files(settings.bundle_dir, settings.configs))
         parser["bundle_root"] = str(settings.bundle_dir)
         parser["ckpt_path"] = str(settings.checkpoint)
-        self._base_config = copy.deepcopy(parser.get())
+        parser["device"] = torch.device(settings.device)
         self.class_names: list[str] = list(parser["class_names"])
         vocabulary = load_vocabulary()
         self.label_table = vocabulary.label_table(self.class_names)
         labels = {row["name"]: row["id"] for row in self.label_table}
         network = parser.get_parsed_content("network_def")
         self._expected_embeddings = parser.get_parsed_content("class_embeddings")
-        self._text_table = parser.get_parsed_content("text_table")
-        self._local = threading.local()
+        pre = parser.get_parsed_content("preprocessing")
+        post = parser.get_parsed_content("postprocessing")
+        self._pre = list(pre.transforms) if isinstance(pre, Compose) else list(pre)
+        self._post = list(post.transforms) if isinstance(post, Compose) else list(post)
+        self._inferer = parser.get_parsed_content("inferer")
+        self._all = resolve_structures(self.class_names) if all_structures else None
         self._checked: dict[str, float] = {}
-        config: dict[str, Any] = {} if fixed_prompt else {"prompt": default_prompt}
+        config: dict[str, Any] = {} if all_structures else {"prompt": default_prompt}
         super().__init__(
             path=str(settings.checkpoint),
             network=network,
@@ -83,54 +84,36 @@ class TextPromptInferTask(BasicInferTask):
         self._config["device"] = [settings.device]
 
     # --- request handling ------------------------------------------------------------------------------
-    def prompt_of(self, request: dict) -> str:
-        """The prompt a request asks for: the fixed one, ``prompt``, or ``structures`` (list of names)."""
-        if self.fixed_prompt:
-            return self.fixed_prompt
-        structures = request.get("structures")
-        if structures:
-            if isinstance(structures, str):
-                structures = [s for s in structures.split(",") if s.strip()]
-            return ", ".join(str(s) for s in structures)
-        prompt = request.get("prompt", self._config.get("prompt"))
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}.")
-        return prompt
-
     def resolution_of(self, request: dict) -> Resolution:
-        """The request's prompt resolved, once per request: the resolution is kept in the request (under
-        :data:`RESOLUTION_KEY`) for the task's call, which takes it out before the request becomes data."""
-        resolution = request.get(RESOLUTION_KEY)
-        if resolution is None:
-            resolution = resolve(self.prompt_of(request))
-            request[RESOLUTION_KEY] = resolution
+        """The request's prompt resolved, once per request: every class (``all_structures``), ``structures`` (a list
+        of names, taken item by item) or ``prompt`` (free text). The resolution replaces the request's ``prompt``, so
+        the bundle's ``ResolvePromptd`` and later calls read it instead of resolving again."""
+        prompt = request.get("prompt")
+        if isinstance(prompt, Resolution):
+            return prompt
+        if self._all is not None:
+            resolution = self._all
+        elif request.get("structures"):
+            structures = request["structures"]
+            if isinstance(structures, str):
+                structures = [s.strip() for s in structures.split(",") if s.strip()]
+            resolution = resolve_structures(structures)
+        else:
+            prompt = request.get("prompt", self._config.get("prompt"))
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt must be a string, got {type(prompt).__name__}.")
+            resolution = resolve(prompt)
+        request["prompt"] = resolution
         return resolution
 
     def targets_of(self, request: dict) -> list[str]:
         """Structures the prompt needs (raises ``PromptError``/``KeyError`` naming the problem)."""
         return resolution_structures(self.resolution_of(request), allowed=self.class_names)
 
-    def _parser(self) -> ConfigParser:
-        parser = getattr(self._local, "parser", None)
-        if parser is None:
-            raise RuntimeError("no request in progress")
-        return parser
-
     def __call__(self, request, callbacks=None):
         resolution = self.resolution_of(request)
-        request.pop(RESOLUTION_KEY)
-        prompt = resolution.prompt
         targets = resolution_structures(resolution, allowed=self.class_names)
-        parser = ConfigParser(copy.deepcopy(self._base_config))
-        parser["text_table"] = self._text_table
-        parser["prompt"] = prompt
-        parser["prompt_resolution"] = resolution  # resolved once, above
-        parser["device"] = torch.device(self.settings.device)
-        self._local.parser = parser
-        try:
-            result_file, result_json = super().__call__(request, callbacks)
-        finally:
-            self._local.parser = None
+        result_file, result_json = super().__call__(request, callbacks)
         vocabulary = load_vocabulary()
         if resolution.queries and result_file:
             # position/size queries ("organ left of the stomach"): report the named structures and the answers
@@ -139,7 +122,7 @@ class TextPromptInferTask(BasicInferTask):
             answers = [vocabulary.by_id(i).name for i in sorted(present)]
             targets = resolution.structures + [n for n in answers if n not in resolution.structures]
         table = vocabulary.label_table(targets)
-        result_json["prompt"] = prompt
+        result_json["prompt"] = resolution.prompt
         result_json["targets"] = targets
         result_json["label_names"] = {row["name"]: row["id"] for row in table}
         result_json["labels"] = table
@@ -147,17 +130,14 @@ class TextPromptInferTask(BasicInferTask):
 
     # --- BasicInferTask hooks --------------------------------------------------------------------------
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        pre = self._parser().get_parsed_content("preprocessing")
-        return [StashStringImageKeysd(), *(pre.transforms if isinstance(pre, Compose) else pre)]
+        return [StashStringImageKeysd(), *self._pre]
 
     def inferer(self, data=None):
-        return self._parser().get_parsed_content("inferer")
+        return self._inferer
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        post = self._parser().get_parsed_content("postprocessing")
-        post = list(post.transforms) if isinstance(post, Compose) else list(post)
         # MONAI Label's writer takes a [*S] label map (channel dropped) with the MetaTensor's affine
-        return [t for t in post if not isinstance(t, SaveImaged)] + [
+        return [t for t in self._post if not isinstance(t, SaveImaged)] + [
             SqueezeDimd(keys=self.output_label_key, dim=0),
             RestoreStringImageKeysd(),
         ]
@@ -187,7 +167,7 @@ class TextPromptInferTask(BasicInferTask):
     def info(self) -> dict[str, Any]:
         i = super().info()
         i["label_colors"] = {row["name"]: row["color"] for row in self.label_table}
-        i["prompt"] = "fixed: every class" if self.fixed_prompt else "free text (params.prompt) or params.structures"
+        i["prompt"] = "fixed: every class" if self.all_structures else "free text (params.prompt) or params.structures"
         return i
 
     def is_valid(self) -> bool:
