@@ -9,7 +9,7 @@ IMAGE ?=
 BUNDLE := bundles/text_prompted_ct_segmentation
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-phantom train-real cross-patient test serve simulate clean-outputs rotation clicks robustness
+.PHONY: setup bundle demo demo-phantom train-real cross-patient test serve simulate clean-outputs rotation clicks robustness
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The bundle as a model-zoo zip carrying its own code (model card: bundles/text_prompted_ct_segmentation/docs/README.md): dist/text_prompted_ct_segmentation_v<version>.zip
+bundle: setup
+	HF_HUB_OFFLINE=1 $(BIN)/textseg export-bundle --output dist
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/textseg demo $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(IMAGE),--image "$(IMAGE)")

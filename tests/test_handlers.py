@@ -65,3 +65,39 @@ def test_killed_bundle_training_resumes_from_its_last_epoch(tiny_phantom, tmp_pa
     assert completed == list(range(done + 1, EPOCHS + 1)), f"the resumed run trained epochs {completed}"
     assert (ckpt_dir / "model_tiny.pt").exists()
     assert not state_file.exists(), "a completed run removes its training state, so the next run starts afresh"
+
+
+def _net(num_classes: int, feature_size: int = 12):
+    from textseg.networks import TextSwinUNETR
+
+    torch.manual_seed(num_classes + feature_size)
+    net = TextSwinUNETR(in_channels=1, num_classes=num_classes, text_dim=10, feature_size=feature_size, window_size=4)
+    return net.set_class_embeddings(torch.randn(num_classes, 10))
+
+
+def test_initial_weights_load_every_weight_but_the_class_embeddings(tmp_path):
+    """Fine-tuning on another class set: the network's weights come from the checkpoint, the class embeddings stay."""
+    from textseg.handlers import InitialWeights
+
+    shipped = _net(63)
+    torch.save(shipped.state_dict(), tmp_path / "model.pt")
+    new = _net(4)
+    embeddings = new.class_embeddings.clone()
+    assert not torch.equal(new.state_dict()["backbone.swinViT.patch_embed.proj.weight"],
+                           shipped.state_dict()["backbone.swinViT.patch_embed.proj.weight"])  # fmt: skip
+    InitialWeights(tmp_path / "model.pt", new)()
+    for key, value in shipped.state_dict().items():
+        if key != "class_embeddings":
+            assert torch.equal(new.state_dict()[key], value), key
+    assert torch.equal(new.class_embeddings, embeddings)
+
+
+def test_initial_weights_name_a_checkpoint_of_another_network(tmp_path):
+    from textseg.handlers import InitialWeights
+
+    torch.save({"model": _net(4, feature_size=24).state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"not a checkpoint of this network \(other shapes"):
+        InitialWeights(tmp_path / "other.pt", _net(4))()
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        InitialWeights(tmp_path / "missing.pt", _net(4))()
+    InitialWeights("", _net(4)).attach(None)  # no checkpoint given: nothing to attach

@@ -108,6 +108,27 @@ def _demo(args) -> int:
     return 0
 
 
+def _export_bundle(args) -> int:
+    from textseg.bundle_zip import export_bundle
+
+    print(export_bundle(args.output, args.bundle))
+    return 0
+
+
+def _check_bundle(args) -> int:
+    from pathlib import Path
+
+    from textseg.bundle_zip import check_bundle
+
+    checkpoint = args.checkpoint
+    shipped = Path(args.path) / "models" / "model.pt"
+    if checkpoint is None and shipped.is_file():
+        checkpoint = shipped
+    path = check_bundle(args.path, checkpoint=checkpoint)
+    print(f"{path}: ok")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from textseg.bundle import DEFAULT_BUNDLE
     from textseg.demo import DEMO_PROMPT, PHANTOM_PROMPT  # no torch: `textseg resolve` starts in a second
@@ -153,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prompt", required=True)
             p.add_argument("--output", default="outputs")
             p.add_argument("--allow-non-ct", action="store_true", help="segment an image that does not look like CT (MR, PET...)")
+
+    p = sub.add_parser("export-bundle", help="write the bundle as a model-zoo zip carrying its own code: dist/<name>_v<version>.zip")
+    p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
+    p.add_argument("--output", default="dist", help="folder of the zip")
+    p.set_defaults(func=_export_bundle)
+
+    p = sub.add_parser("check-bundle", help="check a bundle zip or an extracted bundle (layout, version, large-file hashes)")
+    p.add_argument("path", help="the zip, or the extracted folder (.../text_prompted_ct_segmentation)")
+    p.add_argument("--checkpoint", default=None, help="also check that this checkpoint fits the configs' class embeddings")
+    p.set_defaults(func=_check_bundle)
 
     p = sub.add_parser("demo", help="segment the shipped real CT (or --image) from a prompt with the shipped model: Dice, masks, overlay")
     p.add_argument("--image", default=None, help="segment this NIfTI/DICOM folder instead of the shipped example CT")

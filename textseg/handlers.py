@@ -14,7 +14,7 @@ from textseg.files import atomic_path
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
-__all__ = ["PromptEmbeddingCheck", "ResumableTraining"]
+__all__ = ["PromptEmbeddingCheck", "ResumableTraining", "InitialWeights"]
 
 
 class PromptEmbeddingCheck:
@@ -104,3 +104,48 @@ class ResumableTraining:
     def finish(self, engine) -> None:
         if self._is_writer() and engine.state.epoch >= engine.state.max_epochs:
             self.path.unlink(missing_ok=True)
+
+
+class InitialWeights:
+    """Start a training from a checkpoint's weights (fine-tuning), keeping the class embeddings of the configs.
+
+    Every parameter and buffer of the network is loaded from ``load_path`` strictly: a checkpoint of another network
+    (feature size, fusion, window) fails, naming the first differing entries. Only ``class_embeddings`` (the default
+    prompts, one row per class) stays as the configs built it, so fine-tuning on another class set starts from the
+    released weights: the text-conditioned heads are shared by all prompts and carry no per-class parameters. Loads
+    when the trainer starts, before :class:`ResumableTraining`, which replaces everything when a killed run resumes.
+
+    Args:
+        load_path: the checkpoint (a state dict, or ``{"model": state dict}``); empty: the handler does nothing.
+        network: the network being trained (a ``DistributedDataParallel`` wrapper is looked through).
+        map_location: where the checkpoint's tensors are loaded.
+    """
+
+    def __init__(self, load_path: str | os.PathLike | None, network: torch.nn.Module, map_location="cpu"):
+        self.load_path = str(load_path or "")
+        self.network = network
+        self.map_location = map_location
+
+    def attach(self, engine) -> None:
+        if self.load_path:
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine=None) -> None:
+        if not Path(self.load_path).is_file():
+            raise FileNotFoundError(f"ckpt_path {self.load_path}: no such checkpoint to start the training from.")
+        state = torch.load(self.load_path, map_location=self.map_location, weights_only=True)
+        state = dict(state.get("model", state)) if isinstance(state, Mapping) else state
+        state.pop("class_embeddings", None)
+        network = getattr(self.network, "module", self.network)
+        own = network.state_dict()
+        missing = [k for k in own if k not in state and k != "class_embeddings"]
+        unexpected = [k for k in state if k not in own]
+        mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
+        if missing or unexpected or mismatched:
+            problems = [f"{what}: {', '.join(items[:3])}" for what, items in (("missing", missing), ("unexpected", unexpected),
+                        ("other shapes (checkpoint vs network)", mismatched)) if items]  # fmt: skip
+            raise ValueError(
+                f"ckpt_path {self.load_path} is not a checkpoint of this network ({'; '.join(problems)}): start from a "
+                "checkpoint trained with the same configs (e.g. models/model.pt with real_ct.json)."
+            )
+        network.load_state_dict({**state, "class_embeddings": own["class_embeddings"]} if "class_embeddings" in own else state)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from textseg.bundle import bundle_config_files, read_config_value
+from textseg.bundle_zip import check_bundle
 
 __all__ = ["AppSettings", "OVERLAYS"]
 
@@ -22,7 +23,9 @@ class AppSettings:
     """Where the bundle, its overlays and the checkpoint are, and which device runs them.
 
     ``--conf`` keys: ``bundle`` (folder; default ``bundles/text_prompted_ct_segmentation`` of the repository
-    holding the app), ``bundle_overlay`` (``real_ct`` (default), ``tiny``, ``none`` or comma-separated config names),
+    holding the app; a folder given here, e.g. a downloaded release, is checked first by
+    :func:`textseg.bundle_zip.check_bundle`: layout, version, large-file hashes), ``bundle_overlay``
+    (``real_ct`` (default), ``tiny``, ``none`` or comma-separated config names),
     ``checkpoint`` (default ``<bundle>/models/<ckpt_name of the configs>``), ``device`` (``auto``, ``cpu``,
     ``cuda``), ``preload`` (load the network at start-up), ``ohif_fixes`` (serve OHIF with the fixes of
     ``lib/ohif.py``, default ``true``).
@@ -59,6 +62,8 @@ class AppSettings:
             else tuple(n if n.endswith(".json") else f"{n}.json" for n in overlay.split(",") if n.strip())
         )
         configs = ("inference.json", *overlays)
+        if conf.get("bundle"):  # e.g. a downloaded release: its layout, version and large-file hashes, before serving it
+            check_bundle(bundle_dir)
         bundle_config_files(bundle_dir, configs)  # clear error when a config is missing
         ckpt_name = read_config_value(bundle_dir, configs, "ckpt_name")
         checkpoint = Path(conf.get("checkpoint") or bundle_dir / "models" / ckpt_name).resolve()

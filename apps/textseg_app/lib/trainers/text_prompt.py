@@ -89,17 +89,6 @@ class TextPromptTrainTask(BundleTrainTask):
         vocabulary = load_vocabulary()
         handlers = list(self.raw_handlers)
         ckpt = self.settings.checkpoint
-        if str(request.get("pretrained", True)).lower() in ("true", "1") and ckpt.exists():
-            handlers.insert(
-                0,
-                {
-                    "_target_": "CheckpointLoader",
-                    "load_path": str(ckpt),
-                    "load_dict": {"model": "@network"},
-                    "map_location": "cpu",
-                    "strict": True,
-                },
-            )
         handlers.append({"_target_": "textseg.app_support.TrainProgressWriter", "path": str(self.progress_file)})
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         overrides = {
@@ -111,6 +100,7 @@ class TextPromptTrainTask(BundleTrainTask):
             "crops_per_image": int(request.get("crops_per_image", 1)),
             "ckpt_dir": str(ckpt.parent),
             "ckpt_name": ckpt.name,
+            "ckpt_path": str(ckpt) if str(request.get("pretrained", True)).lower() in ("true", "1") and ckpt.exists() else "",
             "output_dir": str(ckpt.parent / "train_logs"),
             "train#handlers": handlers,
             "label_transforms#0#label_maps": {DATASET_NAME: {row["id"]: row["name"] for row in vocabulary.label_table(self.class_names)}},
