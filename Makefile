@@ -9,7 +9,7 @@ IMAGE ?=
 BUNDLE := bundles/text_prompted_ct_segmentation
 PYTEST_ARGS ?=
 
-.PHONY: setup bundle demo demo-phantom train-real cross-patient test serve simulate clean-outputs rotation clicks robustness
+.PHONY: setup bundle serve-team demo demo-phantom train-real cross-patient test serve simulate clean-outputs rotation clicks robustness
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,6 +90,13 @@ OVERLAY ?= real_ct
 CHECKPOINT ?= $(BUNDLE)/models/model.pt
 PORT ?= 8000
 MODELS ?= text_prompt,all_structures
+
+# The team deployment (docs/team.md): Orthanc + MONAI Label on 127.0.0.1 behind nginx with TLS and basic auth on
+# https://localhost:8443 (plain HTTP 8080 redirects). Add users first: .venv/bin/python -m textseg.serve add-user NAME
+TEAM_PORT ?= 8443
+serve-team: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m textseg.serve team --state data/team --port $(TEAM_PORT) \
+	  --conf checkpoint "$(CHECKPOINT)" --conf bundle_overlay $(OVERLAY)
 
 serve: setup
 	@test -f "$(CHECKPOINT)" || { echo "make serve: no trained checkpoint at $(CHECKPOINT)."; \

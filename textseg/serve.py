@@ -56,6 +56,8 @@ class MonaiLabelServer:
         log: file receiving the server's output.
         env: extra environment variables (e.g. cache folders).
         python_bin: folder holding ``monailabel`` and the ``python`` it runs (default: this interpreter's).
+        uvicorn_app: the ASGI app to serve (``<module>:<app>``; default MONAI Label's own), e.g.
+            ``textseg.team:remote_user_app`` behind the team proxy.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class MonaiLabelServer:
         env: Mapping[str, str] | None = None,
         python_bin=None,
         startup_timeout: float = 180.0,
+        uvicorn_app: str | None = None,
     ):
         import sys
 
@@ -78,6 +81,7 @@ class MonaiLabelServer:
         self.env = dict(env or {})
         self.bin = Path(python_bin or Path(sys.executable).parent)
         self.startup_timeout = startup_timeout
+        self.uvicorn_app = uvicorn_app
         self.process = None
 
     def start(self) -> "MonaiLabelServer":
@@ -95,6 +99,8 @@ class MonaiLabelServer:
             "--port",
             str(self.port),
         ]
+        if self.uvicorn_app:
+            cmd += ["--uvicorn_app", self.uvicorn_app]
         for k, v in self.conf.items():
             cmd += ["--conf", k, str(v)]
         env = dict(os.environ, **self.env)
@@ -266,7 +272,8 @@ def prepare_studies(out_dir: str | os.PathLike, num: int = 2, seed: int = 900, d
 
 
 def _main(argv=None) -> int:
-    """``python -m textseg.serve prepare-studies DIR`` | ``orthanc --studies DIR [--port 8042]``."""
+    """``python -m textseg.serve prepare-studies DIR`` | ``orthanc --studies DIR [--port 8042]`` |
+    ``add-user NAME --state DIR`` | ``team --state DIR [--port 8443]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m textseg.serve", description=_main.__doc__)
@@ -278,17 +285,41 @@ def _main(argv=None) -> int:
     o.add_argument("--studies", default="data/serve/studies")
     o.add_argument("--port", type=int, default=8042)
     o.add_argument("--work", default="data/serve/orthanc")
+    u = sub.add_parser("add-user", help="add or replace a user of the team deployment (the password is read from stdin or asked)")
+    u.add_argument("name")
+    u.add_argument("--state", default="data/team", help="the team deployment's state folder (users, certificates, logs)")
+    t = sub.add_parser("team", help="Orthanc + MONAI Label behind one authenticated HTTPS proxy (nginx): docs/team.md")
+    t.add_argument("--state", default="data/team")
+    t.add_argument("--port", type=int, default=8443, help="HTTPS port (all interfaces)")
+    t.add_argument("--http-port", type=int, default=8080, help="plain HTTP port: redirects to HTTPS")
+    t.add_argument("--host", default="localhost", help="the server's name in the self-signed certificate and URLs")
+    t.add_argument("--certificate", default=None, help="a real certificate (PEM) instead of the self-signed one")
+    t.add_argument("--key", default=None, help="its private key (PEM)")
+    t.add_argument("--studies", default="data/serve/studies", help="studies loaded into Orthanc as DICOM")
+    t.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="MONAI Label --conf option")
     args = parser.parse_args(argv)
     if args.command == "prepare-studies":
         for path in prepare_studies(args.out_dir, args.num):
             print(path)
+        return 0
+    if args.command == "add-user":
+        import getpass
+        import sys
+
+        from textseg.team import add_user
+
+        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass(f"password for {args.name}: ")
+        add_user(Path(args.state) / "users", args.name, password)
+        print(f"user {args.name} saved in {Path(args.state) / 'users'} (hashed)")
         return 0
     import signal
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)  # so the `with` below stops Orthanc (it runs in its own session)
+    signal.signal(signal.SIGTERM, _stop)  # so the `with` below stops the servers (they run in their own sessions)
+    if args.command == "team":
+        return _serve_team(args)
     dicom = Path(args.work) / "dicom"
     prepare_studies(args.studies, dicom_dir=dicom)
     with OrthancServer(Path(args.work) / "server", port=args.port) as server:
@@ -299,6 +330,28 @@ def _main(argv=None) -> int:
         )
         try:
             server.process.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _serve_team(args) -> int:
+    from textseg.team import TeamServer
+
+    dicom = Path(args.state) / "dicom"
+    prepare_studies(args.studies, dicom_dir=dicom)
+    conf = {"models": "text_prompt,all_structures", **dict(args.conf)}
+    state = Path(args.state)
+    env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(state / "cache"), "MONAI_LABEL_SESSION_PATH": str(state / "sessions")}
+    with TeamServer(
+        Path(__file__).resolve().parents[1] / "apps" / "textseg_app", None, state, https_port=args.port, http_port=args.http_port,
+        conf=conf, certificate=args.certificate, key=args.key, env=env, host=args.host,
+    ) as team:  # fmt: skip
+        for folder in sorted(p for p in dicom.iterdir() if p.is_dir()):
+            team.orthanc.upload(sorted(folder.glob("*.dcm")))
+        print(f"textseg team server at {team.url}/ohif/ (DICOMweb at {team.url}/dicom-web; Ctrl-C stops it)", flush=True)
+        try:
+            team.proxy.process.wait()
         except KeyboardInterrupt:
             pass
     return 0

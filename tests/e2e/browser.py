@@ -30,16 +30,17 @@ FLAGS = [
 class Browser:
     """``with Browser(chromium) as b: b.goto(url); b.wait_for("document.title"); b.screenshot(path)``."""
 
-    def __init__(self, chromium: str, timeout: float = 60.0):
+    def __init__(self, chromium: str, timeout: float = 60.0, flags: tuple[str, ...] = ()):
         self.chromium = chromium
         self.timeout = timeout
+        self.flags = list(flags)  # added to FLAGS, e.g. --ignore-certificate-errors for a self-signed test server
         self._id = 0
         self.events: list[dict] = []  # CDP events received so far (Network.*, Page.*)
 
     def __enter__(self) -> "Browser":
         self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)  # chromium helpers may still write
         self.process = subprocess.Popen(
-            [self.chromium, *FLAGS, f"--user-data-dir={self._profile.name}", "--remote-debugging-port=0", "about:blank"],
+            [self.chromium, *FLAGS, *self.flags, f"--user-data-dir={self._profile.name}", "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
