@@ -130,7 +130,7 @@ def _label_upload(path: Path) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     body = (
         (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="label.nii.gz"\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="label{"".join(path.suffixes)}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
         + path.read_bytes()
@@ -205,7 +205,7 @@ def test_twenty_concurrent_infer_requests_through_the_proxy(team):
         barrier.wait()
         status, _, answer = _request(team, "POST", f"/infer/text_prompt?{query}", user=("alice", "bob")[i % 2], body=body,
                                      headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
-        results[i] = "ok" if status == 200 and json.loads(answer)["params"]["label_names"] == expected else f"{status} {answer[:300]}"
+        results[i] = "ok" if status == 200 and json.loads(answer)["label_names"] == expected else f"{status} {answer[:300]}"
 
     threads = [threading.Thread(target=infer, args=(i,)) for i in range(20)]
     for t in threads:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 from fastapi import HTTPException
+from filelock import FileLock
 from monailabel.datastore.dicom import DICOMWebDatastore
-from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.local import DataModel, LocalDatastore
+from monailabel.interfaces.exception import ImageNotFoundException
 
 from textseg.app_support import check_image_id, check_label_file, label_info_for_map
+from textseg.files import write_atomic
+from textseg.team import REMOTE_USER
 
 __all__ = ["VersionedLocalDatastore", "TextsegDICOMWebDatastore", "VERSIONS_DIR"]
 
@@ -38,23 +45,46 @@ def _check_label(datastore: LocalDatastore, image_id: str, label_filename: str, 
         raise HTTPException(status_code=422, detail=str(e)) from e
 
 
+def _copy_atomically(datastore: LocalDatastore, source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy ``source`` to ``target`` through a temporary file in the versions folder, then rename it into place:
+    a kill mid-copy leaves ``target`` as it was (the temporary file is in the same filesystem as the datastore)."""
+    work = Path(datastore._datastore_path) / VERSIONS_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=work, prefix=".tmp-", suffix="".join(Path(target).suffixes))
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _keep_previous_version(datastore: LocalDatastore, image_id: str, label_tag: str, label_info: Dict[str, Any]) -> None:
-    """Copy the label being replaced to the versions folder and record it in the new label's info."""
-    existing = datastore.get_label_by_image_id(image_id, label_tag)
-    if not existing:
-        return
-    current = datastore.get_label_uri(image_id, label_tag)
-    if not current or not os.path.exists(current):
-        return
-    previous_info = datastore.get_label_info(image_id, label_tag) or {}
-    version = int(previous_info.get("version", 1))
-    ext = "".join(Path(current).suffixes)
-    target = Path(datastore._datastore_path) / VERSIONS_DIR / label_tag / f"{image_id}.v{version}{ext}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(current, target)
-    label_info["version"] = version + 1
-    label_info["previous_versions"] = list(previous_info.get("previous_versions", [])) + [str(target)]
-    logger.info(f"label {image_id} ({label_tag}) version {version} kept as {target}")
+    """Keep the label being replaced in the versions folder and record in ``label_info`` who saves the new one.
+
+    ``label_info`` gets ``version``, ``user`` (the user the team proxy authenticated, else ``"local"``; whatever the
+    client wrote there is replaced), ``previous_versions`` (the kept files) and ``history`` (``{version, user, ts}``
+    of every version, oldest first).
+    """
+    user = REMOTE_USER.get() or "local"
+    previous_info: Dict[str, Any] = {}
+    current = datastore.get_label_uri(image_id, label_tag) if datastore.get_label_by_image_id(image_id, label_tag) else ""
+    if current and os.path.exists(current):
+        previous_info = datastore.get_label_info(image_id, label_tag) or {}
+        version = int(previous_info.get("version", 1))
+        target = Path(datastore._datastore_path) / VERSIONS_DIR / label_tag / f"{image_id}.v{version}{''.join(Path(current).suffixes)}"
+        _copy_atomically(datastore, current, target)
+        label_info["version"] = version + 1
+        label_info["previous_versions"] = list(previous_info.get("previous_versions", [])) + [str(target)]
+        logger.info(f"label {image_id} ({label_tag}) version {version} kept as {target}")
+    else:
+        label_info["version"] = 1
+        label_info.pop("previous_versions", None)
+    label_info["user"] = user
+    history = previous_info.get("history") or []
+    label_info["history"] = list(history) + [{"version": label_info["version"], "user": user, "ts": int(time.time())}]
 
 
 class VersionedLocalDatastore(LocalDatastore):
@@ -83,9 +113,37 @@ class VersionedLocalDatastore(LocalDatastore):
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         _check_label(self, image_id, label_filename, self.allowed_ids)
         label_info = dict(label_info or {})
-        label_info.setdefault("version", 1)
-        _keep_previous_version(self, image_id, label_tag, label_info)
-        return super().save_label(image_id, label_filename, label_tag, label_info)
+        obj = self._datastore.objects.get(image_id)
+        if not obj:
+            raise ImageNotFoundException(f"Image {image_id} not found")
+        _, label_ext = self._to_id(os.path.basename(label_filename))
+        name = self._filename(image_id, label_ext)
+        # One lock for the version copy, the new file and the index: two saves of one label run one after the other,
+        # and each file appears whole (renamed into place) or not at all.
+        with FileLock(self._lock_file):
+            _keep_previous_version(self, image_id, label_tag, label_info)
+            _copy_atomically(self, label_filename, os.path.join(self._datastore.label_path(label_tag), name))
+            label_info["ts"] = int(time.time())
+            label_info["name"] = name
+            obj.labels[label_tag] = DataModel(info=label_info, ext=label_ext)
+            self._update_datastore_file(lock=False)
+        logger.info(f"label {image_id} ({label_tag}) saved as version {label_info['version']} by {label_info['user']}")
+        return image_id
+
+    def _update_datastore_file(self, lock=True):
+        """Write the datastore index atomically (MONAI Label writes it in place, so a kill could leave it half-written)."""
+
+        def write():
+            self._ignore_event_config = True
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            write_atomic(self._datastore_config_path, text)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
 
 
 class TextsegDICOMWebDatastore(DICOMWebDatastore):
@@ -101,6 +159,5 @@ class TextsegDICOMWebDatastore(DICOMWebDatastore):
         label_info = dict(label_info or {})
         if data.size and not label_info.get("label_info"):
             label_info["label_info"] = label_info_for_map(np.unique(data).tolist())
-        label_info.setdefault("version", 1)
         _keep_previous_version(self, image_id, label_tag, label_info)
         return super().save_label(image_id, label_filename, label_tag, label_info, label_id)
