@@ -54,7 +54,7 @@ cross-patient: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 # Active-learning simulation (README: "Active learning"); resumable, SIM_ARGS e.g. "--quick" or "--strategies random clasp_pe".
 SIM_ARGS ?=
