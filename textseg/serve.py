@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["free_port", "MonaiLabelServer", "OrthancServer", "EXAMPLE_STUDY", "prepare_studies"]
+__all__ = ["free_port", "stop_process_group", "MonaiLabelServer", "OrthancServer", "EXAMPLE_STUDY", "prepare_studies"]
 
 
 def free_port() -> int:
@@ -25,6 +25,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_process_group(process, signum: int | None = None, timeout: float = 20) -> None:
+    """Stop a server started in its own session (``start_new_session=True``) and everything it started: ``signum``
+    (default SIGTERM) to the process group, then SIGKILL after ``timeout`` seconds. Nothing happens if it has ended."""
+    import signal
+    import subprocess
+
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM if signum is None else signum)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def _wait_http(url: str, timeout: float, process=None, log=None) -> None:
@@ -117,17 +133,7 @@ class MonaiLabelServer:
         return self
 
     def stop(self) -> None:
-        import signal
-        import subprocess
-
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its training subprocesses (own session)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process)  # the server and its training subprocesses (own session)
 
     def __enter__(self):
         return self.start()
@@ -208,16 +214,7 @@ class OrthancServer:
             return json.loads(r.read())
 
     def stop(self) -> None:
-        import signal
-        import subprocess
-
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_process_group(self.process)
 
     def __enter__(self):
         return self.start()

@@ -242,13 +242,9 @@ class NginxProxy:
     def stop(self) -> None:
         import signal
 
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGQUIT)  # graceful: workers finish their requests
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        from textseg.serve import stop_process_group
+
+        stop_process_group(self.process, signal.SIGQUIT)  # graceful: workers finish their requests
 
     def __enter__(self):
         return self.start()
