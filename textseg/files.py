@@ -15,7 +15,7 @@ __all__ = ["atomic_path", "write_atomic"]
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, tmp_dir: str | os.PathLike | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without error it replaces ``path``.
 
     On error the temporary file is removed and ``path`` (if it existed) is left untouched.
@@ -24,6 +24,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         path: the final file; its folder is created when missing.
         suffix: suffix of the temporary file (writers such as nibabel choose the format from it);
             default: ``path``'s own suffixes, e.g. ``.nii.gz``.
+        tmp_dir: folder of the temporary file instead of ``path``'s own (same filesystem), e.g. where a watcher of
+            ``path``'s folder must not see it.
 
     Example::
 
@@ -32,7 +34,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix="".join(path.suffixes) if suffix is None else suffix)
+    tmp_dir = path.parent if tmp_dir is None else Path(tmp_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".tmp-", suffix="".join(path.suffixes) if suffix is None else suffix)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -335,10 +335,10 @@ def _main(argv=None) -> int:
 def _serve_team(args) -> int:
     from textseg.team import TeamServer
 
-    dicom = Path(args.state) / "dicom"
+    state = Path(args.state)
+    dicom = state / "dicom"
     prepare_studies(args.studies, dicom_dir=dicom)
     conf = {"models": "text_prompt,all_structures", **dict(args.conf)}
-    state = Path(args.state)
     env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(state / "cache"), "MONAI_LABEL_SESSION_PATH": str(state / "sessions")}
     with TeamServer(
         Path(__file__).resolve().parents[1] / "apps" / "textseg_app", None, state, https_port=args.port, http_port=args.http_port,

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -19,7 +18,7 @@ from monailabel.datastore.local import DataModel, LocalDatastore
 from monailabel.interfaces.exception import ImageNotFoundException
 
 from textseg.app_support import check_image_id, check_label_file, label_info_for_map
-from textseg.files import write_atomic
+from textseg.files import atomic_path, write_atomic
 from textseg.team import REMOTE_USER
 
 __all__ = ["VersionedLocalDatastore", "TextsegDICOMWebDatastore", "VERSIONS_DIR"]
@@ -46,19 +45,11 @@ def _check_label(datastore: LocalDatastore, image_id: str, label_filename: str, 
 
 
 def _copy_atomically(datastore: LocalDatastore, source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy ``source`` to ``target`` through a temporary file in the versions folder, then rename it into place:
-    a kill mid-copy leaves ``target`` as it was (the temporary file is in the same filesystem as the datastore)."""
-    work = Path(datastore._datastore_path) / VERSIONS_DIR
-    work.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=work, prefix=".tmp-", suffix="".join(Path(target).suffixes))
-    os.close(fd)
-    try:
+    """Copy ``source`` to ``target`` through a temporary file renamed into place (a kill mid-copy leaves ``target`` as
+    it was); the temporary file lives in the versions folder, where the datastore's watcher does not take it for a
+    label."""
+    with atomic_path(target, tmp_dir=Path(datastore._datastore_path) / VERSIONS_DIR) as tmp:
         shutil.copyfile(source, tmp)
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _keep_previous_version(datastore: LocalDatastore, image_id: str, label_tag: str, label_info: Dict[str, Any]) -> None:
