@@ -9,7 +9,7 @@ IMAGE ?=
 BUNDLE := bundles/text_prompted_ct_segmentation
 PYTEST_ARGS ?=
 
-.PHONY: setup bundle serve-team demo demo-phantom train-real cross-patient test serve simulate clean-outputs rotation clicks robustness
+.PHONY: setup bundle serve-team demo demo-phantom train-real cross-patient field-of-view test serve simulate clean-outputs rotation clicks robustness
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ train-real: setup
 CROSS_ARGS ?=
 cross-patient: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/cross_patient.py $(CROSS_ARGS)
+
+# Field-of-view table (model card): the shipped model on bands of slices of the example CT; outputs/field_of_view.
+field-of-view: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/field_of_view.py
 
 # Lint (ruff, settings in pyproject.toml) then every test.
 test: setup

@@ -394,7 +394,7 @@ def load_datalists(
 def split_slabs(cases: Sequence[Mapping], holdout: Mapping[str, Sequence[float]]) -> dict[str, list[dict]]:
     """Hold a band of slices of each case out of training, for validation on a patient the model trained on.
 
-    A case of a dataset named in ``holdout`` (``{"totalseg_example": [0.80, 0.86]}``, fractions of the
+    A case of a dataset named in ``holdout`` (``{"totalseg_example": [0.0, 0.15]}``, fractions of the
     inferior-superior axis) becomes up to two training cases (``slab`` below and above the band) and one
     validation case (``slab`` = the band); :class:`textseg.augment.CropSlabd` crops them. Cases of other
     datasets train whole.
