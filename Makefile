@@ -31,7 +31,7 @@ demo-phantom: setup
 	HF_HUB_OFFLINE=1 $(BIN)/textseg demo --phantom $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(IMAGE),--image "$(IMAGE)")
 
 # The real-CT recipe (configs/real_ct.json: the model, real_ct_train.json: data and augmentations): trains the shipped model models/model.pt on both real patients
-# (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded; 60 epochs, about 60 min alone on 2 CPU cores. A killed run
+# (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded; 60 epochs, 104 min alone on a 2-core CPU (2026-12-03). A killed run
 # resumes from its last epoch when started again. TRAIN_ARGS e.g. "--epochs 10" (default: the recipe's 60); on a GPU, real size:
 # make train-real TRAIN_CONFIGS="train.json real_ct.json real_ct_train.json real_ct_gpu.json" TRAIN_ARGS= (writes models/model_large.pt).
 TRAIN_CONFIGS ?= train.json real_ct.json real_ct_train.json
