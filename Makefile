@@ -32,7 +32,8 @@ demo-phantom: setup
 
 # The real-CT recipe (configs/real_ct.json: the model, real_ct_train.json: data and augmentations): trains the shipped model models/model.pt on both real patients
 # (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded; 60 epochs, 104 min alone on a 2-core CPU (2026-12-03). A killed run
-# resumes from its last epoch when started again. TRAIN_ARGS e.g. "--epochs 10" (default: the recipe's 60); on a GPU, real size:
+# resumes from its last epoch when started again. TRAIN_ARGS e.g. "--epochs 10" (default: the recipe's 60). In 60 min of CPU:
+# TRAIN_ARGS="--epochs 24 --val_interval 4" (38.5 min, a much worse model: see the model card). On a GPU, real size:
 # make train-real TRAIN_CONFIGS="train.json real_ct.json real_ct_train.json real_ct_gpu.json" TRAIN_ARGS= (writes models/model_large.pt).
 TRAIN_CONFIGS ?= train.json real_ct.json real_ct_train.json
 TRAIN_ARGS ?=
