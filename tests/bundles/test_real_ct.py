@@ -16,7 +16,7 @@ import torch
 import yaml
 from conftest import BUNDLE_DIR, REPO_ROOT, bundle_run_command
 
-from textseg.bundle import SHIPPED_CONFIGS, read_config_value
+from textseg.bundle import SHIPPED_CONFIGS, network_overrides, read_config_value
 from textseg.datasets import label_maps, load_datalist
 from textseg.transforms import IGNORE_CHANNEL, LabelToChannelsd
 
@@ -64,13 +64,17 @@ def test_partial_labels_of_the_second_patient_are_ignored_not_background():
 
 
 @pytest.mark.slow
-def test_real_ct_recipe_trains_through_monais_cli(tmp_path):
+@pytest.mark.parametrize("overlay,checkpoint,head", [(None, "model.pt", "mlp"), ("real_ct_fast.json", "model_fast.pt", "linear")])
+def test_real_ct_recipe_trains_through_monais_cli(tmp_path, overlay, checkpoint, head):
     """train.json + real_ct.json + real_ct_train.json (all augmentations, held-out slabs) trains 1 epoch and writes the model with the
-    63 class embeddings; a state file for resuming is removed once training completes."""
+    63 class embeddings; a state file for resuming is removed once training completes. With real_ct_fast.json (the recipe for one
+    hour of a 2-core CPU) the network has the linear head and the model its own file."""
+    configs = ("train.json", "real_ct.json", "real_ct_train.json") + ((overlay,) if overlay else ())
+    assert {**read_config_value(BUNDLE_DIR, configs, "network_def"), **network_overrides(BUNDLE_DIR, configs)}["head"] == head
     datasets = "[{'name': 'totalseg_example'}" + (", {'name': 'ccth_a01'}]" if TCIA_DIR.is_dir() else "]")
     result = subprocess.run(
         bundle_run_command(
-            ("train.json", "real_ct.json", "real_ct_train.json"),
+            configs,
             *("--datasets", datasets, "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval")),
             *("--epochs", "1", "--val_interval", "1", "--repeats", "1", "--crops_per_image", "1", "--num_workers", "0"),
         ),
@@ -83,9 +87,9 @@ def test_real_ct_recipe_trains_through_monais_cli(tmp_path):
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     assert re.search(r"val_mean_dice: [0-9.]+", result.stdout + result.stderr), "validation ran on the held-out slabs"
-    state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(tmp_path / checkpoint, map_location="cpu", weights_only=True)
     assert state["class_embeddings"].shape == (63, 386)
-    assert not (tmp_path / "model_training_state.pt").exists()
+    assert not (tmp_path / checkpoint.replace(".pt", "_training_state.pt")).exists()
 
 
 def test_shipped_checkpoint_is_listed_with_its_hash():

@@ -16,7 +16,14 @@ CASES = [
     (dict(TINY, fusion="concat"), (2, 1, 64, 64, 64), (1, 3, 16), (2, 3, 64, 64, 64)),
     (dict(TINY, fusion="cross_attention"), (2, 1, 64, 64, 64), (2, 3, 16), (2, 3, 64, 64, 64)),
     (dict(TINY, fusion="cross_attention", conditioned_stages=(2, 3)), (1, 1, 64, 64, 96), (4, 16), (1, 4, 64, 64, 96)),
+    (dict(TINY, head="linear"), (2, 1, 64, 64, 64), (5, 16), (2, 5, 64, 64, 64)),
+    (dict(TINY, head="linear", conditioned_stages=(1, 2, 3)), (1, 1, 64, 96, 64), (1, 4, 16), (1, 4, 64, 96, 64)),
+    (dict(TINY, head="linear", conditioned_stages=(3,)), (2, 1, 96, 64, 64), (2, 2, 16), (2, 2, 96, 64, 64)),
+    (dict(TINY, head="linear", fusion="cross_attention", conditioned_stages=(2, 3)), (1, 1, 64, 64, 96), (4, 16), (1, 4, 64, 64, 96)),
 ]
+
+# every fusion with every head it works with (the linear head needs a scale: not concat)
+FUSION_HEADS = [(fusion, "mlp") for fusion in sorted(FUSIONS)] + [("film", "linear"), ("cross_attention", "linear")]
 
 
 def _randomize_text_path(net):
@@ -48,11 +55,11 @@ def test_default_prompts_are_the_class_embeddings():
         net.set_class_embeddings(torch.randn(4, 16))
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSIONS))
-def test_prompts_are_answered_independently(fusion):
+@pytest.mark.parametrize("fusion,head", FUSION_HEADS)
+def test_prompts_are_answered_independently(fusion, head):
     """Each output channel depends only on its own prompt: the K prompts share one image pass."""
     torch.manual_seed(0)
-    net = TextSwinUNETR(**TINY, fusion=fusion).eval()
+    net = TextSwinUNETR(**TINY, fusion=fusion, head=head).eval()
     _randomize_text_path(net)
     x = torch.rand(1, 1, 64, 64, 64)
     a, b = torch.randn(1, 16), torch.randn(1, 16)
@@ -77,10 +84,10 @@ def test_cross_attention_modulation_depends_on_the_image():
     assert not torch.allclose(first[0][0], second[0][0], atol=1e-4)
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSIONS))
-def test_gradients_reach_image_encoder_and_text_adapter(fusion):
+@pytest.mark.parametrize("fusion,head", FUSION_HEADS)
+def test_gradients_reach_image_encoder_and_text_adapter(fusion, head):
     torch.manual_seed(0)
-    net = TextSwinUNETR(**TINY, fusion=fusion)
+    net = TextSwinUNETR(**TINY, fusion=fusion, head=head)
     _randomize_text_path(net)
     out = net(torch.rand(2, 1, 64, 64, 64), torch.randn(2, 16))
     out.square().mean().backward()
@@ -111,11 +118,36 @@ def test_bad_stages_and_fusion():
         TextSwinUNETR(**TINY, conditioned_stages=(4,))
     with pytest.raises(ValueError, match="unknown fusion 'sum'"):
         TextSwinUNETR(**TINY, fusion="sum")
+    with pytest.raises(ValueError, match="unknown head 'conv'"):
+        TextSwinUNETR(**TINY, head="conv")
+    with pytest.raises(ValueError, match="film or cross_attention"):
+        TextSwinUNETR(**TINY, head="linear", fusion="concat")
+    with pytest.raises(ValueError, match="spatial prompts need the mlp head"):
+        TextSwinUNETR(**TINY, head="linear", spatial_prompts=True)
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSIONS))
-def test_torchscript_trace_round_trip(fusion, tmp_path):
-    net = TextSwinUNETR(**TINY, fusion=fusion).eval()
+def test_linear_head_is_a_text_made_classifier_of_the_shared_features():
+    """With one conditioned stage, the linear head's logit is ``(readout * scale) . relu(F) + readout . shift + bias``."""
+    torch.manual_seed(0)
+    net = TextSwinUNETR(**TINY, head="linear", conditioned_stages=(3,)).eval()
+    _randomize_text_path(net)
+    x, text = torch.rand(1, 1, 64, 64, 64), torch.randn(2, 16)
+    with torch.no_grad():
+        features = net.projections[0](net.decoder_features(x)[3])  # [1, 8, 8, 8, 8]
+        ((scale, shift),) = net.fusion.modulations(text[None], [features])
+        expected = (
+            torch.einsum("kc,cxyz->kxyz", scale[0] * net.readout[0], features[0].relu())
+            + (shift[0] * net.readout[0]).sum(-1)[:, None, None, None]
+        )
+        expected = (
+            torch.nn.functional.interpolate(expected[None], size=(64, 64, 64), mode="trilinear", align_corners=False) + net.readout_bias
+        )
+        assert torch.allclose(net(x, text), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion,head", FUSION_HEADS)
+def test_torchscript_trace_round_trip(fusion, head, tmp_path):
+    net = TextSwinUNETR(**TINY, fusion=fusion, head=head).eval()
     _randomize_text_path(net)
     net.set_class_embeddings(torch.randn(3, 16))
     x = torch.rand(1, 1, 64, 64, 64)

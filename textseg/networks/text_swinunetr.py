@@ -11,7 +11,10 @@ from torch import nn
 
 from .fusion import FUSIONS, make_fusion
 
-__all__ = ["GUIDANCE_CHANNELS", "GuidanceBlock", "TextSwinUNETR"]
+__all__ = ["GUIDANCE_CHANNELS", "HEADS", "GuidanceBlock", "TextSwinUNETR"]
+
+HEADS = ("mlp", "linear")
+"""The per-prompt heads of :class:`TextSwinUNETR` (its ``head`` argument)."""
 
 GUIDANCE_CHANNELS = ("positive_points", "negative_points", "box")
 """The channels of a spatial prompt (guidance volume [K, 3, *S]) that the interactive network takes, in order."""
@@ -82,6 +85,11 @@ class TextSwinUNETR(nn.Module):
         drop_rate: dropout in the Swin encoder (also used by MC-dropout).
         use_checkpoint: gradient checkpointing in the Swin encoder.
         spatial_dims: 2 or 3.
+        head: the per-prompt head. ``"mlp"``: ``readout . relu(scale * F_s + shift)`` per prompt and stage (a one-hidden-layer
+            network per prompt, whose hidden map costs one full pass over the stage's features per prompt).
+            ``"linear"``: the text makes the weights of a 1x1 classifier, ``(readout * scale) . relu(F_s) + readout . shift``,
+            computed for all prompts in one matrix product at the finest conditioned stage's resolution and upsampled once
+            (the per-prompt cost is that of a logit map; needs a fusion with a ``scale``: film or cross_attention).
         spatial_prompts: accept per-prompt guidance volumes (points and boxes, see :mod:`textseg.spatial`):
             at every stage a :class:`GuidanceBlock` mixes the guidance (max-pooled to the stage's resolution, so
             a click reaches every stage) into each prompt's modulated features. No guidance is the same as an
@@ -110,8 +118,15 @@ class TextSwinUNETR(nn.Module):
         use_checkpoint: bool = False,
         spatial_dims: int = 3,
         spatial_prompts: bool = False,
+        head: str = "mlp",
     ) -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; choose one of {HEADS}.")
+        if head == "linear" and fusion == "concat":
+            raise ValueError("the linear head needs a fusion that scales the features (film or cross_attention): concat only shifts them.")
+        if head == "linear" and spatial_prompts:
+            raise ValueError("spatial prompts need the mlp head: the guidance is mixed into each prompt's own feature map.")
         if not conditioned_stages or any(s not in (0, 1, 2, 3) for s in conditioned_stages):
             raise ValueError(f"conditioned_stages must be a non-empty subset of (0, 1, 2, 3), got {tuple(conditioned_stages)}.")
         if fusion not in FUSIONS:
@@ -120,6 +135,7 @@ class TextSwinUNETR(nn.Module):
         self.text_dim = text_dim
         self.spatial_dims = spatial_dims
         self.fusion_name = fusion
+        self.head = head
         self.conditioned_stages = tuple(sorted(set(conditioned_stages)))
         self.backbone = SwinUNETR(
             in_channels=in_channels,
@@ -236,6 +252,8 @@ class TextSwinUNETR(nn.Module):
         modulations = self.fusion.modulations(text_embedding, shared)  # per stage: (scale | None, shift), [B, K, H]
         size = x.shape[2:]
         mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
+        if self.head == "linear":
+            return self._linear_head(shared, modulations, size, mode)
         view = (batch, -1) + (1,) * self.spatial_dims
         logits = []
         for k in range(num_prompts):  # a loop, not a batch: K full-resolution feature maps would not fit in memory
@@ -257,3 +275,20 @@ class TextSwinUNETR(nn.Module):
                 total = total + stage_logit
             logits.append(total)
         return torch.cat(logits, dim=1)
+
+    def _linear_head(self, shared: list[torch.Tensor], modulations: list, size: Sequence[int], mode: str) -> torch.Tensor:
+        """All prompts' logits [B, K, *size] as text-made 1x1 classifiers of the shared features (``head="linear"``)."""
+        total = None
+        for i in reversed(range(len(shared))):  # coarsest first: each sum is upsampled to the next finer stage
+            scale, shift = modulations[i]
+            weights = scale * self.readout[i]  # [B, K, H]
+            bias = (shift * self.readout[i]).sum(-1)  # [B, K]
+            stage_logit = torch.einsum("bkc,bc...->bk...", weights, torch.relu(shared[i]))
+            stage_logit = stage_logit + bias.reshape(bias.shape + (1,) * self.spatial_dims)
+            if total is not None:
+                total = F.interpolate(total, size=stage_logit.shape[2:], mode=mode, align_corners=False)
+                stage_logit = stage_logit + total
+            total = stage_logit
+        if tuple(total.shape[2:]) != tuple(size):
+            total = F.interpolate(total, size=size, mode=mode, align_corners=False)
+        return total + self.readout_bias
