@@ -126,6 +126,17 @@ def test_bad_stages_and_fusion():
         TextSwinUNETR(**TINY, head="linear", spatial_prompts=True)
 
 
+def test_a_checkpoint_of_one_head_is_refused_by_the_other():
+    """Both heads have the same parameters; the linear head's marker key keeps their checkpoints apart."""
+    mlp, linear = TextSwinUNETR(**TINY), TextSwinUNETR(**TINY, head="linear")
+    assert set(linear.state_dict()) - set(mlp.state_dict()) == {"linear_head"}
+    with pytest.raises(RuntimeError, match="linear_head"):
+        mlp.load_state_dict(linear.state_dict())
+    with pytest.raises(RuntimeError, match="linear_head"):
+        linear.load_state_dict(mlp.state_dict())
+    linear.load_state_dict(TextSwinUNETR(**TINY, head="linear").state_dict())
+
+
 def test_linear_head_is_a_text_made_classifier_of_the_shared_features():
     """With one conditioned stage, the linear head's logit is ``(readout * scale) . relu(F) + readout . shift + bias``."""
     torch.manual_seed(0)

@@ -89,7 +89,8 @@ class TextSwinUNETR(nn.Module):
             network per prompt, whose hidden map costs one full pass over the stage's features per prompt).
             ``"linear"``: the text makes the weights of a 1x1 classifier, ``(readout * scale) . relu(F_s) + readout . shift``,
             computed for all prompts in one matrix product at the finest conditioned stage's resolution and upsampled once
-            (the per-prompt cost is that of a logit map; needs a fusion with a ``scale``: film or cross_attention).
+            (the per-prompt cost is that of a logit map; needs a fusion with a ``scale``: film or cross_attention). Its state
+            dict has the extra key ``linear_head``, so that loading a checkpoint into a network of the other head fails.
         spatial_prompts: accept per-prompt guidance volumes (points and boxes, see :mod:`textseg.spatial`):
             at every stage a :class:`GuidanceBlock` mixes the guidance (max-pooled to the stage's resolution, so
             a click reaches every stage) into each prompt's modulated features. No guidance is the same as an
@@ -161,6 +162,8 @@ class TextSwinUNETR(nn.Module):
         self.readout = nn.Parameter(torch.randn(len(self.conditioned_stages), head_channels) / head_channels**0.5)
         self.readout_bias = nn.Parameter(torch.zeros(1))
         self.register_buffer("class_embeddings", torch.zeros(num_classes, text_dim))
+        if head == "linear":  # both heads have the same parameters: this key makes a checkpoint of one head refused by the other
+            self.register_buffer("linear_head", torch.ones(1))
         self.guidance = None
         self.guidance_channels = 0
         if spatial_prompts:
