@@ -3,11 +3,10 @@
 
 Usage: python scripts/bench_train_step.py [--prompts 16] [--steps 8] [--threads 2]
 
-One training step of the shipped real-CT configuration (``configs/real_ct.json``: feature size 12, window 4,
-stages 1-3 conditioned, head channels 32; two 64^3 crops, ``--prompts`` prompts each, the recipe's
-PartialLabelDiceCELoss, AdamW) for each head (``mlp``, ``linear``), the heads' steps interleaved so that
-machine load affects both alike. Prints each head's median step and the median of the paired ratios
-linear / mlp, and the loss alone (its share of a step).
+One training step of the shipped real-CT network (the ``network_def#`` keys of ``configs/real_ct.json``; two 64^3
+crops, ``--prompts`` prompts each, the recipe's PartialLabelDiceCELoss, AdamW) for each head (``mlp``, ``linear``),
+the heads' steps interleaved so that machine load affects both alike. Prints each head's median step, the median of
+the paired ratios linear / mlp, and the loss alone (its share of a step).
 """
 
 import argparse
@@ -16,12 +15,12 @@ import time
 
 import torch
 
+from textseg.bundle import DEFAULT_BUNDLE, network_overrides
 from textseg.losses import PartialLabelDiceCELoss
 from textseg.networks import HEADS, TextSwinUNETR
 from textseg.text import LATERALITY_FEATURES
 
 TEXT_DIM = 384 + len(LATERALITY_FEATURES)  # MiniLM + laterality features, as in the bundle
-REAL_CT_NETWORK = dict(feature_size=12, window_size=4, head_channels=32, conditioned_stages=(1, 2, 3))
 
 
 def main() -> None:
@@ -36,9 +35,10 @@ def main() -> None:
     text = torch.randn(2, args.prompts, TEXT_DIM)
     target = (torch.rand(2, args.prompts, 64, 64, 64) > 0.9).float()
     loss_function = PartialLabelDiceCELoss(pos_weight_cap=20.0)
+    network = {k: v for k, v in network_overrides(DEFAULT_BUNDLE, "real_ct.json").items() if k != "head"}
     runs = {}
     for head in HEADS:
-        net = TextSwinUNETR(num_classes=63, text_dim=TEXT_DIM, head=head, **REAL_CT_NETWORK)
+        net = TextSwinUNETR(num_classes=63, text_dim=TEXT_DIM, head=head, **network)
         runs[head] = (net, torch.optim.AdamW(net.parameters(), 1e-3))
     times = {head: [] for head in runs}
     for step in range(args.steps + 1):
