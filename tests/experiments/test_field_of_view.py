@@ -29,3 +29,15 @@ def test_the_shipped_model_is_measured_on_each_band(tmp_path):
     saved = json.loads((tmp_path / "field_of_view.json").read_text(encoding="utf-8"))
     assert [r["band"] for r in saved] == [[0.9, 1.0], [0.0, 0.2]]
     assert (tmp_path / "field_of_view.md").read_text(encoding="utf-8").count("| model.pt |") == 2
+
+
+def test_overlays_reach_the_evaluated_network(tmp_path):
+    """With real_ct_fast.json (the linear head) the shipped model (the mlp head) is refused, not evaluated wrongly."""
+    with pytest.raises(RuntimeError) as raised:
+        run_field_of_view(tmp_path, bands=[(0.9, 1.0)], bundle_dir=BUNDLE_DIR, overlays=["real_ct_fast.json"])
+    messages, error = [], raised.value
+    while error is not None:  # MONAI wraps the loading error in its config-expression error
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any('Missing key(s) in state_dict: "linear_head"' in m for m in messages), messages
+    assert not (tmp_path / "field_of_view.json").exists()

@@ -1,8 +1,9 @@
 """Cross-patient study of the real-CT recipe: train on one patient, test on the other, both ways; then both.
 
-Every model is trained with ``train.json`` + ``real_ct.json`` + ``real_ct_train.json`` (held-out slabs excluded, see
-:func:`textseg.datasets.split_slabs`) and evaluated with ``evaluate.json`` (Dice and normalised surface
-Dice per structure, partial labels respected) on three kinds of data, kept apart in the table:
+Every model is trained with ``train.json`` + ``real_ct.json`` + ``real_ct_train.json`` (+ the caller's overlays, e.g.
+``real_ct_fast.json``; held-out slabs excluded, see :func:`textseg.datasets.split_slabs`) and evaluated with
+``evaluate.json`` (Dice and normalised surface Dice per structure, partial labels respected) on three kinds of data,
+kept apart in the table:
 
 - ``training data``: the slabs the model was trained on;
 - ``held-out slab``: a band of slices of a training patient that training never saw;
@@ -33,7 +34,6 @@ PATIENTS = ("totalseg_example", "ccth_a01")
 KEY_STRUCTURES = ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "aorta")
 """Structures shown in the table (all structures are in the JSON)."""
 TRAIN_CONFIGS = ("train.json", "real_ct.json", "real_ct_train.json")
-EVAL_CONFIGS = (*TRAIN_CONFIGS, "evaluate.json")
 
 
 def train_real_model(
@@ -41,29 +41,36 @@ def train_real_model(
     ckpt_dir: str | os.PathLike,
     epochs: int | None = None,
     bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+    overlays: Sequence[str] = (),
     **override,
 ) -> Path:
-    """Train the real-CT recipe on ``patients`` (datasets.yaml names, default roots) for ``epochs`` (default: the
-    recipe's); returns the checkpoint path."""
+    """Train the real-CT recipe (plus ``overlays``, e.g. ``("real_ct_fast.json",)``) on ``patients`` (datasets.yaml
+    names, default roots) for ``epochs`` (default: the recipe's); returns the checkpoint path."""
     ckpt_dir = Path(ckpt_dir)
     if epochs is not None:
         override.update(epochs=epochs, val_interval=max(1, epochs // 4))
+    configs = (*TRAIN_CONFIGS, *overlays)
     run_bundle(
         bundle_dir,
-        TRAIN_CONFIGS,
+        configs,
         workflow_type="train",
         datasets=[{"name": p} for p in patients],
         ckpt_dir=str(ckpt_dir),
         output_dir=str(ckpt_dir / "eval"),
         **override,
     )
-    return ckpt_dir / read_config_value(bundle_dir, TRAIN_CONFIGS, "ckpt_name")
+    return ckpt_dir / read_config_value(bundle_dir, configs, "ckpt_name")
 
 
 def evaluate_real_model(
-    checkpoint: str | os.PathLike, cases: Sequence[Mapping], output_dir: str | os.PathLike, bundle_dir: str | os.PathLike = DEFAULT_BUNDLE
+    checkpoint: str | os.PathLike,
+    cases: Sequence[Mapping],
+    output_dir: str | os.PathLike,
+    bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+    overlays: Sequence[str] = (),
 ) -> dict:
-    """Dice and NSD per structure of ``checkpoint`` on ``cases`` (data dicts, optionally with a ``slab``).
+    """Dice and NSD per structure of ``checkpoint`` (a model of the recipe plus ``overlays``) on ``cases`` (data
+    dicts, optionally with a ``slab``).
 
     Returns ``{structure: {"dice": mean, "nsd": mean, "cases": n}}`` for the structures labelled in the cases.
     """
@@ -71,7 +78,7 @@ def evaluate_real_model(
     output_dir = Path(output_dir)
     run_bundle(
         bundle_dir,
-        EVAL_CONFIGS,
+        (*TRAIN_CONFIGS, *overlays, "evaluate.json"),
         workflow_type=None,
         ckpt_dir=str(checkpoint.parent),
         ckpt_name=checkpoint.name,
@@ -94,12 +101,14 @@ def run_cross_patient(
     shipped_checkpoint: str | os.PathLike | None = None,
     retrain: bool = False,
     models: Sequence[str] = (*PATIENTS, "both"),
+    overlays: Sequence[str] = (),
 ) -> list[dict]:
     """Train the single-patient models for ``epochs`` (when missing), evaluate them and the shipped model (trained
     with the recipe's own epochs when missing or ``retrain``); write the table.
 
     ``models`` picks the rows: a patient name (the model trained on that patient alone) and/or ``"both"`` (the
-    shipped model), e.g. ``("both",)`` to re-measure the shipped model only.
+    shipped model), e.g. ``("both",)`` to re-measure the shipped model only. ``overlays`` go on top of the recipe for
+    every model, e.g. ``("real_ct_fast.json",)`` with ``shipped_checkpoint`` a model of ``make train-real-fast``.
 
     Writes ``output_dir/cross_patient.{json,md}``; returns the rows.
     """
@@ -117,7 +126,7 @@ def run_cross_patient(
             budget = None if trained_on == "both" else epochs
             epochs_text = budget or "the recipe's"
             print(f"training on {', '.join(patients)} for {epochs_text} epochs -> {checkpoint}", flush=True)
-            checkpoint = train_real_model(patients, checkpoint.parent, budget, bundle_dir)
+            checkpoint = train_real_model(patients, checkpoint.parent, budget, bundle_dir, overlays)
         cases = load_datalists([{"name": p} for p in patients])
         trained = {name for case in cases for name in case["annotated"]}  # a model is scored only on what it learnt
         split = split_slabs(cases, holdout)
@@ -127,7 +136,7 @@ def run_cross_patient(
         for kind, evaluated, eval_cases in sets:
             name = f"{trained_on}__{kind.replace(' ', '_')}__{'_'.join(evaluated)}"
             print(f"evaluating the model trained on {trained_on} on {kind} ({', '.join(evaluated)})", flush=True)
-            scores = evaluate_real_model(checkpoint, eval_cases, output_dir / "evaluations" / name, bundle_dir)
+            scores = evaluate_real_model(checkpoint, eval_cases, output_dir / "evaluations" / name, bundle_dir, overlays)
             scores = {k: v for k, v in scores.items() if k in trained}
             rows.append(
                 {"trained_on": trained_on, "evaluated_on": evaluated, "kind": kind, "checkpoint": str(checkpoint), "scores": scores}

@@ -34,9 +34,10 @@ def run_field_of_view(
     patient: str = "totalseg_example",
     bands: Sequence[Sequence[float]] = DEFAULT_BANDS,
     bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
+    overlays: Sequence[str] = (),
 ) -> list[dict]:
-    """Dice and NSD per structure of ``checkpoint`` (default: the shipped ``models/model.pt``) on each band of
-    ``patient`` (a datasets.yaml name).
+    """Dice and NSD per structure of ``checkpoint`` (default: the shipped ``models/model.pt``; a model of the recipe
+    plus ``overlays``, e.g. ``("real_ct_fast.json",)``) on each band of ``patient`` (a datasets.yaml name).
 
     Writes ``output_dir/field_of_view.{json,md}``; returns the rows (as in the cross-patient table, ``kind`` names
     the band).
@@ -52,7 +53,11 @@ def run_field_of_view(
     for low, high in bands:
         print(f"evaluating {checkpoint} on slices {low:.0%}-{high:.0%} of {patient}", flush=True)
         scores = evaluate_real_model(
-            checkpoint, [dict(c, slab=[low, high]) for c in cases], output_dir / "evaluations" / f"{patient}_{low:g}_{high:g}", bundle_dir
+            checkpoint,
+            [dict(c, slab=[low, high]) for c in cases],
+            output_dir / "evaluations" / f"{patient}_{low:g}_{high:g}",
+            bundle_dir,
+            overlays,
         )
         rows.append(
             {"trained_on": checkpoint.name, "evaluated_on": [patient], "kind": f"slices {low:.0%}-{high:.0%}", "scores": scores,
