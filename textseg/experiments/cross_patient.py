@@ -114,6 +114,7 @@ def run_cross_patient(
     """
     output_dir = Path(output_dir)
     holdout = read_config_value(bundle_dir, TRAIN_CONFIGS, "holdout_slabs")
+    ckpt_name = read_config_value(bundle_dir, (*TRAIN_CONFIGS, *overlays), "ckpt_name")  # what train_real_model writes
     shipped = Path(shipped_checkpoint or Path(bundle_dir) / "models" / "model.pt")
     rows = []
     unknown = [m for m in models if m not in (*PATIENTS, "both")]
@@ -121,7 +122,7 @@ def run_cross_patient(
         raise ValueError(f"unknown model(s) {unknown}; choose among {[*PATIENTS, 'both']}.")
     for trained_on in models:
         patients = list(PATIENTS) if trained_on == "both" else [trained_on]
-        checkpoint = shipped if trained_on == "both" else output_dir / f"trained_on_{trained_on}" / "model.pt"
+        checkpoint = shipped if trained_on == "both" else output_dir / f"trained_on_{trained_on}" / ckpt_name
         if retrain or not checkpoint.is_file():
             budget = None if trained_on == "both" else epochs
             epochs_text = budget or "the recipe's"
