@@ -113,8 +113,9 @@ def run_cross_patient(
     Writes ``output_dir/cross_patient.{json,md}``; returns the rows.
     """
     output_dir = Path(output_dir)
-    holdout = read_config_value(bundle_dir, TRAIN_CONFIGS, "holdout_slabs")
-    ckpt_name = read_config_value(bundle_dir, (*TRAIN_CONFIGS, *overlays), "ckpt_name")  # what train_real_model writes
+    configs = (*TRAIN_CONFIGS, *overlays)  # what train_real_model trains with
+    holdout = read_config_value(bundle_dir, configs, "holdout_slabs")
+    ckpt_name = read_config_value(bundle_dir, configs, "ckpt_name")
     shipped = Path(shipped_checkpoint or Path(bundle_dir) / "models" / "model.pt")
     rows = []
     unknown = [m for m in models if m not in (*PATIENTS, "both")]

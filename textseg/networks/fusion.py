@@ -72,6 +72,9 @@ class Fusion(nn.Module):
         adapter_dim: width of the trainable text adapter.
     """
 
+    scales_features = True
+    """Whether :meth:`modulations` gives a ``scale`` (a shift-only fusion cannot drive a linear head)."""
+
     def __init__(self, text_dim: int, channels: Sequence[int], adapter_dim: int = 256) -> None:
         super().__init__()
         self.text_dim = text_dim
@@ -111,6 +114,8 @@ class ConcatFusion(Fusion):
 
     ``conv([F; a(t)]) = W_f F + W_t a(t) + b``: computed as a shared image convolution plus a per-prompt shift.
     """
+
+    scales_features = False
 
     def __init__(self, text_dim: int, channels: Sequence[int], adapter_dim: int = 256) -> None:
         super().__init__(text_dim, channels, adapter_dim)

@@ -122,16 +122,17 @@ class TextSwinUNETR(nn.Module):
         head: str = "mlp",
     ) -> None:
         super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; choose one of {HEADS}.")
-        if head == "linear" and fusion == "concat":
-            raise ValueError("the linear head needs a fusion that scales the features (film or cross_attention): concat only shifts them.")
-        if head == "linear" and spatial_prompts:
-            raise ValueError("spatial prompts need the mlp head: the guidance is mixed into each prompt's own feature map.")
         if not conditioned_stages or any(s not in (0, 1, 2, 3) for s in conditioned_stages):
             raise ValueError(f"conditioned_stages must be a non-empty subset of (0, 1, 2, 3), got {tuple(conditioned_stages)}.")
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}.")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; choose one of {HEADS}.")
+        if head == "linear" and not FUSIONS[fusion].scales_features:
+            scaling = " or ".join(name for name, cls in FUSIONS.items() if cls.scales_features)
+            raise ValueError(f"the linear head needs a fusion that scales the features ({scaling}): {fusion} only shifts them.")
+        if head == "linear" and spatial_prompts:
+            raise ValueError("spatial prompts need the mlp head: the guidance is mixed into each prompt's own feature map.")
         self.in_channels = in_channels
         self.text_dim = text_dim
         self.spatial_dims = spatial_dims
