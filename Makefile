@@ -9,7 +9,7 @@ IMAGE ?=
 BUNDLE := bundles/text_prompted_ct_segmentation
 PYTEST_ARGS ?=
 
-.PHONY: setup bundle serve-team demo demo-phantom train-real train-real-fast cross-patient field-of-view test serve simulate clean-outputs rotation clicks robustness
+.PHONY: setup bundle serve-team demo demo-phantom train-real cross-patient field-of-view test serve simulate clean-outputs rotation clicks robustness
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,9 +31,8 @@ demo-phantom: setup
 	HF_HUB_OFFLINE=1 $(BIN)/textseg demo --phantom $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(IMAGE),--image "$(IMAGE)")
 
 # The real-CT recipe (configs/real_ct.json: the model, real_ct_train.json: data and augmentations): trains the shipped model models/model.pt on both real patients
-# (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded; 60 epochs, 104 min alone on a 2-core CPU (2026-12-03). A killed run
-# resumes from its last epoch when started again. TRAIN_ARGS e.g. "--epochs 10" (default: the recipe's 60). In 60 min of CPU:
-# make train-real-fast (below). On a GPU, real size:
+# (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded; 66 epochs on 64x64x32 patches, 59 min alone on a 2-core CPU (2026-12-03). A killed run
+# resumes from its last epoch when started again. TRAIN_ARGS e.g. "--epochs 10" (default: the recipe's 66). On a GPU, real size:
 # make train-real TRAIN_CONFIGS="train.json real_ct.json real_ct_train.json real_ct_gpu.json" TRAIN_ARGS= (writes models/model_large.pt).
 TRAIN_CONFIGS ?= train.json real_ct.json real_ct_train.json
 TRAIN_ARGS ?=
@@ -44,12 +43,6 @@ train-real: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m monai.bundle run \
 	  --config_file "[$(subst $(space),$(comma),$(foreach c,$(TRAIN_CONFIGS),'$(BUNDLE)/configs/$(c)'))]" \
 	  --meta_file $(BUNDLE)/configs/metadata.json --logging_file $(BUNDLE)/configs/logging.conf --bundle_root $(BUNDLE) $(TRAIN_ARGS)
-
-# The real-CT recipe in one hour of a 2-core CPU (real_ct_fast.json: the linear per-prompt head, 48 epochs; 59.5 min on 2026-12-03):
-# writes models/model_fast.pt, a worse model than the shipped one (model card, "Training time"). Infer with it by adding
-# real_ct_fast.json after real_ct.json to the inference configs (the ckpt_name and the head come with it).
-train-real-fast:
-	$(MAKE) train-real TRAIN_CONFIGS="train.json real_ct.json real_ct_train.json real_ct_fast.json"
 
 # Cross-patient table (model card): train on one patient and test on the other, both ways, then evaluate the
 # shipped model (both patients) on held-out slabs and training data; outputs/cross_patient. CROSS_ARGS e.g. "--epochs 20".

@@ -22,7 +22,7 @@ if __name__ == "__main__":
         "--bands", nargs="+", type=band, default=DEFAULT_BANDS, help="bands of slices, low:high fractions (default: %(default)s)"
     )
     parser.add_argument(
-        "--overlays", nargs="+", default=[], help="configs the checkpoint was trained with on top of the recipe, e.g. real_ct_fast.json"
+        "--overlays", nargs="+", default=[], help="configs the checkpoint was trained with on top of the recipe, e.g. head_linear.json"
     )
     args = parser.parse_args()
     run_field_of_view(args.output, args.checkpoint, args.patient, args.bands, overlays=args.overlays)

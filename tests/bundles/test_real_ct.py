@@ -63,12 +63,35 @@ def test_partial_labels_of_the_second_patient_are_ignored_not_background():
     assert liver.max() == 1 and liver.min() == 0
 
 
+def test_recipe_trains_on_thin_patches_and_infers_on_cubes():
+    """The recipe's random transforms turn the example CT into 64x64x32 training patches (25.6 x 25.6 x 12.8 cm at 4 mm: a
+    training step costs about 0.4 of a 64^3 one), while inference keeps 64^3 windows; at real size (real_ct_gpu.json) both are 96^3."""
+    from monai.bundle import ConfigParser
+
+    from textseg.bundle import bundle_config_files
+
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(BUNDLE_DIR, ("train.json", "real_ct.json", "real_ct_train.json")))
+    parser["bundle_root"] = str(BUNDLE_DIR)
+    parser["datasets"] = [{"name": "totalseg_example"}]
+    transform = parser.get_parsed_content("train#preprocessing")
+    transform.set_random_state(seed=0)
+    crops = transform(dict(load_datalist("totalseg_example")[0]))
+    assert len(crops) == read_config_value(BUNDLE_DIR, "real_ct_train.json", "crops_per_image")
+    for crop in crops:
+        assert tuple(crop["image"].shape) == (1, 64, 64, 32)
+        assert crop["label"].shape[1:] == (64, 64, 32)
+    assert read_config_value(BUNDLE_DIR, SHIPPED_CONFIGS, "roi_size") == [64, 64, 64]
+    gpu = ("train.json", "real_ct.json", "real_ct_train.json", "real_ct_gpu.json")
+    assert read_config_value(BUNDLE_DIR, gpu, "train_patch_size") == read_config_value(BUNDLE_DIR, gpu, "roi_size") == [96, 96, 96]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("overlay,checkpoint,head", [(None, "model.pt", "mlp"), ("real_ct_fast.json", "model_fast.pt", "linear")])
+@pytest.mark.parametrize("overlay,checkpoint,head", [(None, "model.pt", "mlp"), ("head_linear.json", "model_linear.pt", "linear")])
 def test_real_ct_recipe_trains_through_monais_cli(tmp_path, overlay, checkpoint, head):
     """train.json + real_ct.json + real_ct_train.json (all augmentations, held-out slabs) trains 1 epoch and writes the model with the
-    63 class embeddings; a state file for resuming is removed once training completes. With real_ct_fast.json (the recipe for one
-    hour of a 2-core CPU) the network has the linear head and the model its own file."""
+    63 class embeddings; a state file for resuming is removed once training completes. With head_linear.json the network has the
+    linear head and the model its own file."""
     configs = ("train.json", "real_ct.json", "real_ct_train.json") + ((overlay,) if overlay else ())
     assert {**read_config_value(BUNDLE_DIR, configs, "network_def"), **network_overrides(BUNDLE_DIR, configs)}["head"] == head
     datasets = "[{'name': 'totalseg_example'}" + (", {'name': 'ccth_a01'}]" if TCIA_DIR.is_dir() else "]")

@@ -65,7 +65,7 @@ def test_metadata_and_model_card_agree_with_vocabulary():
     [
         ("real_ct.json",),
         ("real_ct.json", "real_ct_gpu.json"),
-        ("real_ct.json", "real_ct_fast.json"),
+        ("real_ct.json", "head_linear.json"),
         ("real_ct.json", "fusion_concat.json"),
         ("real_ct.json", "fusion_cross_attention.json"),
         ("real_ct.json", "interactive.json"),

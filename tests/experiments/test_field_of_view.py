@@ -32,9 +32,9 @@ def test_the_shipped_model_is_measured_on_each_band(tmp_path):
 
 
 def test_overlays_reach_the_evaluated_network(tmp_path):
-    """With real_ct_fast.json (the linear head) the shipped model (the mlp head) is refused, not evaluated wrongly."""
+    """With head_linear.json (the linear head) the shipped model (the mlp head) is refused, not evaluated wrongly."""
     with pytest.raises(RuntimeError) as raised:
-        run_field_of_view(tmp_path, bands=[(0.9, 1.0)], bundle_dir=BUNDLE_DIR, overlays=["real_ct_fast.json"])
+        run_field_of_view(tmp_path, bands=[(0.9, 1.0)], bundle_dir=BUNDLE_DIR, overlays=["head_linear.json"])
     messages, error = [], raised.value
     while error is not None:  # MONAI wraps the loading error in its config-expression error
         messages.append(str(error))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from textseg.networks import FUSIONS, TextSwinUNETR
+from textseg.networks import FUSIONS, HEADS, TextSwinUNETR
 
 TINY = dict(in_channels=1, num_classes=3, text_dim=16, feature_size=12, window_size=4, head_channels=8)
 
@@ -97,10 +97,21 @@ def test_gradients_reach_image_encoder_and_text_adapter(fusion, head):
     assert net.backbone.swinViT.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("head", HEADS)
+def test_thin_training_patch(head):
+    """A 64x64x32 patch (the real-CT recipe's) trains: its bottleneck has 2x2x1 voxels, enough to instance-normalise."""
+    net = TextSwinUNETR(**TINY, head=head).train()
+    out = net(torch.rand(2, 1, 64, 64, 32), torch.randn(3, 16))
+    assert out.shape == (2, 3, 64, 64, 32)
+    out.mean().backward()
+    assert net.backbone.swinViT.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize(
     "image_shape,text_shape,match",
     [
-        ((1, 1, 60, 64, 64), (2, 16), "divisible by 32"),
+        ((1, 1, 60, 64, 64), (2, 16), "multiples of 32"),
+        ((1, 1, 32, 32, 32), (2, 16), "at least one of them 64"),
         ((1, 2, 64, 64, 64), (2, 16), "expected an image"),
         ((1, 64, 64, 64), (2, 16), "expected an image"),
         ((1, 1, 64, 64, 64), (2, 15), "text_embedding must be"),

@@ -1,7 +1,7 @@
 """Cross-patient study of the real-CT recipe: train on one patient, test on the other, both ways; then both.
 
 Every model is trained with ``train.json`` + ``real_ct.json`` + ``real_ct_train.json`` (+ the caller's overlays, e.g.
-``real_ct_fast.json``; held-out slabs excluded, see :func:`textseg.datasets.split_slabs`) and evaluated with
+``head_linear.json``; held-out slabs excluded, see :func:`textseg.datasets.split_slabs`) and evaluated with
 ``evaluate.json`` (Dice and normalised surface Dice per structure, partial labels respected) on three kinds of data,
 kept apart in the table:
 
@@ -44,7 +44,7 @@ def train_real_model(
     overlays: Sequence[str] = (),
     **override,
 ) -> Path:
-    """Train the real-CT recipe (plus ``overlays``, e.g. ``("real_ct_fast.json",)``) on ``patients`` (datasets.yaml
+    """Train the real-CT recipe (plus ``overlays``, e.g. ``("head_linear.json",)``) on ``patients`` (datasets.yaml
     names, default roots) for ``epochs`` (default: the recipe's); returns the checkpoint path."""
     ckpt_dir = Path(ckpt_dir)
     if epochs is not None:
@@ -108,7 +108,7 @@ def run_cross_patient(
 
     ``models`` picks the rows: a patient name (the model trained on that patient alone) and/or ``"both"`` (the
     shipped model), e.g. ``("both",)`` to re-measure the shipped model only. ``overlays`` go on top of the recipe for
-    every model, e.g. ``("real_ct_fast.json",)`` with ``shipped_checkpoint`` a model of ``make train-real-fast``.
+    every model, e.g. ``("head_linear.json",)`` with ``shipped_checkpoint`` a model trained with them.
 
     Writes ``output_dir/cross_patient.{json,md}``; returns the rows.
     """

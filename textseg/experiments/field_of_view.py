@@ -37,7 +37,7 @@ def run_field_of_view(
     overlays: Sequence[str] = (),
 ) -> list[dict]:
     """Dice and NSD per structure of ``checkpoint`` (default: the shipped ``models/model.pt``; a model of the recipe
-    plus ``overlays``, e.g. ``("real_ct_fast.json",)``) on each band of ``patient`` (a datasets.yaml name).
+    plus ``overlays``, e.g. ``("head_linear.json",)``) on each band of ``patient`` (a datasets.yaml name).
 
     Writes ``output_dir/field_of_view.{json,md}``; returns the rows (as in the cross-patient table, ``kind`` names
     the band).

@@ -189,7 +189,7 @@ class TextSwinUNETR(nn.Module):
         """Run the image encoder and shared decoder once.
 
         Args:
-            x: image, shape [B, C_in, *S], every spatial size a multiple of 32 and at least 64.
+            x: image, shape [B, C_in, *S], every spatial size a multiple of 32, at least one of them 64 or more.
 
         Returns:
             stage index -> features [B, C_s, *S / 2**s] for the conditioned stages.
@@ -200,8 +200,9 @@ class TextSwinUNETR(nn.Module):
                 raise ValueError(
                     f"expected an image of shape [B, {self.in_channels}, {', '.join(['S'] * self.spatial_dims)}], got {tuple(x.shape)}."
                 )
-            if any(s % 32 or s < 64 for s in x.shape[2:]):
-                raise ValueError(f"spatial sizes must be divisible by 32 and at least 64, got {tuple(x.shape[2:])}.")
+            # the bottleneck is S / 32: one voxel alone cannot be instance-normalised in training
+            if any(s % 32 or s < 32 for s in x.shape[2:]) or max(x.shape[2:]) < 64:
+                raise ValueError(f"spatial sizes must be multiples of 32, at least one of them 64 or more, got {tuple(x.shape[2:])}.")
         hidden = net.swinViT(x, net.normalize)
         enc3 = net.encoder4(hidden[2])
         dec3 = net.decoder5(net.encoder10(hidden[4]), hidden[3])
@@ -219,7 +220,7 @@ class TextSwinUNETR(nn.Module):
     def forward(self, x: torch.Tensor, text_embedding: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
-            x: image, shape [B, C_in, *S], spatial sizes multiples of 32, at least 64.
+            x: image, shape [B, C_in, *S], spatial sizes multiples of 32, at least one of them 64 or more.
             text_embedding: prompt embeddings, shape [K, D] (the same prompts for every image) or
                 [B, K, D] (per image; B may also be 1 and is then broadcast). ``None`` uses
                 ``class_embeddings``.
