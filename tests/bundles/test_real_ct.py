@@ -65,7 +65,7 @@ def test_partial_labels_of_the_second_patient_are_ignored_not_background():
 
 def test_recipe_trains_on_thin_patches_and_infers_on_cubes():
     """The recipe's random transforms turn the example CT into 64x64x32 training patches (25.6 x 25.6 x 12.8 cm at 4 mm: a
-    training step costs about 0.4 of a 64^3 one), while inference keeps 64^3 windows; at real size (real_ct_gpu.json) both are 96^3."""
+    training step costs about half a 64^3 one), while inference keeps 64^3 windows; at real size (real_ct_gpu.json) both are 96^3."""
     from monai.bundle import ConfigParser
 
     from textseg.bundle import bundle_config_files
