@@ -17,6 +17,7 @@ import time
 import torch
 
 from textseg.bundle import DEFAULT_BUNDLE, network_overrides, read_config_value
+from textseg.experiments.cross_patient import TRAIN_CONFIGS
 from textseg.losses import PartialLabelDiceCELoss
 from textseg.networks import TextSwinUNETR
 from textseg.text import LATERALITY_FEATURES
@@ -35,7 +36,7 @@ def main() -> None:
     torch.manual_seed(0)
     loss_function = PartialLabelDiceCELoss(pos_weight_cap=20.0)
     network = {k: v for k, v in network_overrides(DEFAULT_BUNDLE, "real_ct.json").items() if k != "head"}
-    patch = tuple(read_config_value(DEFAULT_BUNDLE, ("train.json", "real_ct.json", "real_ct_train.json"), "train_patch_size"))
+    patch = tuple(read_config_value(DEFAULT_BUNDLE, TRAIN_CONFIGS, "train_patch_size"))
     variants = {}
     for head, size in (("mlp", CUBE), ("linear", CUBE), ("mlp", patch)):
         net = TextSwinUNETR(num_classes=63, text_dim=TEXT_DIM, head=head, **network)
