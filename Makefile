@@ -30,19 +30,32 @@ demo: setup
 demo-phantom: setup
 	HF_HUB_OFFLINE=1 $(BIN)/textseg demo --phantom $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(IMAGE),--image "$(IMAGE)")
 
-# The real-CT recipe (configs/real_ct.json: the model, real_ct_train.json: data and augmentations): trains the shipped model models/model.pt on both real patients
-# (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded; 66 epochs on 64x64x32 patches, 59 min alone on a 2-core CPU (2026-12-03). A killed run
-# resumes from its last epoch when started again. TRAIN_ARGS e.g. "--epochs 10" (default: the recipe's 66). On a GPU, real size:
-# make train-real TRAIN_CONFIGS="train.json real_ct.json real_ct_train.json real_ct_gpu.json" TRAIN_ARGS= (writes models/model_large.pt).
+# The real-CT recipe (configs/real_ct.json: the model, real_ct_train.json: data and augmentations): trains the shipped model models/model.pt
+# on both real patients (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded; 66 epochs on 64x64x32 patches, 59 min alone on a
+# 2-core CPU (2026-12-03). A killed run resumes from its last epoch when started again. TRAIN_ARGS e.g. "--epochs 10 --output_dir /tmp/eval",
+# TRAIN_DIR where the model goes. FINETUNE_CONFIG=real_ct_finetune.json adds a second stage (model card, "Stage 2"): the recipe's model is
+# written to TRAIN_DIR/stage1.pt, then trained 8 more epochs on 64^3 patches (the inference window) into model.pt, about 12 min more;
+# stage 1 is skipped once stage1.pt exists (a run killed in stage 2), which is deleted when stage 2 completes; FINETUNE_ARGS go to stage 2.
+# On a GPU, real size: make train-real TRAIN_CONFIGS="train.json real_ct.json real_ct_train.json real_ct_gpu.json" (writes models/model_large.pt).
 TRAIN_CONFIGS ?= train.json real_ct.json real_ct_train.json
+FINETUNE_CONFIG ?=
+TRAIN_DIR ?= $(BUNDLE)/models
 TRAIN_ARGS ?=
+FINETUNE_ARGS ?=
 empty :=
 space := $(empty) $(empty)
 comma := ,
+bundle_run = HF_HUB_OFFLINE=1 $(BIN)/python -m monai.bundle run \
+	  --config_file "[$(subst $(space),$(comma),$(foreach c,$(1),'$(BUNDLE)/configs/$(c)'))]" \
+	  --meta_file $(BUNDLE)/configs/metadata.json --logging_file $(BUNDLE)/configs/logging.conf --bundle_root $(BUNDLE) --ckpt_dir $(TRAIN_DIR)
 train-real: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m monai.bundle run \
-	  --config_file "[$(subst $(space),$(comma),$(foreach c,$(TRAIN_CONFIGS),'$(BUNDLE)/configs/$(c)'))]" \
-	  --meta_file $(BUNDLE)/configs/metadata.json --logging_file $(BUNDLE)/configs/logging.conf --bundle_root $(BUNDLE) $(TRAIN_ARGS)
+ifeq ($(strip $(FINETUNE_CONFIG)),)
+	$(call bundle_run,$(TRAIN_CONFIGS)) $(TRAIN_ARGS)
+else
+	test -f $(TRAIN_DIR)/stage1.pt || $(call bundle_run,$(TRAIN_CONFIGS)) --ckpt_name stage1.pt $(TRAIN_ARGS)
+	$(call bundle_run,$(TRAIN_CONFIGS) $(FINETUNE_CONFIG)) --ckpt_path $(TRAIN_DIR)/stage1.pt $(FINETUNE_ARGS)
+	rm -f $(TRAIN_DIR)/stage1.pt
+endif
 
 # Cross-patient table (model card): train on one patient and test on the other, both ways, then evaluate the
 # shipped model (both patients) on held-out slabs and training data; outputs/cross_patient. CROSS_ARGS e.g. "--epochs 20".

@@ -66,6 +66,18 @@ def bundle_run_command(configs: tuple[str, ...] | list[str], *overrides: str, lo
     return [*command, "--bundle_root", str(BUNDLE_DIR), *overrides]
 
 
+def relative_weight_change(before: Path, after: Path) -> float:
+    """How far the network weights of checkpoint ``after`` are from ``before``: the summed norm of the differences over the
+    summed norm of ``before``, over the large float tensors other than ``class_embeddings`` (the prompts, not weights). One
+    epoch of fine-tuning moves them by a few percent; a network trained from scratch is about 1 or more away."""
+    import torch
+
+    a = torch.load(before, map_location="cpu", weights_only=True)
+    b = torch.load(after, map_location="cpu", weights_only=True)
+    keys = [k for k in a if k != "class_embeddings" and a[k].dtype.is_floating_point and a[k].numel() > 1000]
+    return sum(float((b[k].float() - a[k].float()).norm()) for k in keys) / sum(float(a[k].float().norm()) for k in keys)
+
+
 def _train_tiny(tiny_phantom: Path, ckpt_dir: Path, overlays: tuple[str, ...], checkpoint: str) -> Path:
     result = subprocess.run(
         bundle_run_command(

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import BUNDLE_DIR, REPO_ROOT, bundle_run_command
+from conftest import BUNDLE_DIR, REPO_ROOT, bundle_run_command, relative_weight_change
 
 from textseg.bundle import SHIPPED_CONFIGS, network_overrides, read_config_value
 from textseg.datasets import label_maps, load_datalist
+from textseg.experiments.cross_patient import FINETUNE_CONFIG, TRAIN_CONFIGS
 from textseg.transforms import IGNORE_CHANNEL, LabelToChannelsd
 
 CONFIGS = BUNDLE_DIR / "configs"
@@ -63,15 +64,17 @@ def test_partial_labels_of_the_second_patient_are_ignored_not_background():
     assert liver.max() == 1 and liver.min() == 0
 
 
-def test_recipe_trains_on_thin_patches_and_infers_on_cubes():
-    """The recipe's random transforms turn the example CT into 64x64x32 training patches (25.6 x 25.6 x 12.8 cm at 4 mm: a
-    training step costs about half a 64^3 one), while inference keeps 64^3 windows; at real size (real_ct_gpu.json) both are 96^3."""
+@pytest.mark.parametrize("stage,configs,patch", [(1, TRAIN_CONFIGS, (64, 64, 32)), (2, (*TRAIN_CONFIGS, FINETUNE_CONFIG), (64, 64, 64))])
+def test_recipe_trains_on_thin_patches_then_on_cubes(stage, configs, patch):
+    """The recipe's random transforms turn the example CT into 64x64x32 training patches in stage 1 (25.6 x 25.6 x 12.8 cm at 4 mm: a
+    training step costs about half a 64^3 one) and into 64^3 patches, the inference window, in stage 2 (real_ct_finetune.json); at
+    real size (real_ct_gpu.json) all are 96^3."""
     from monai.bundle import ConfigParser
 
     from textseg.bundle import bundle_config_files
 
     parser = ConfigParser()
-    parser.read_config(bundle_config_files(BUNDLE_DIR, ("train.json", "real_ct.json", "real_ct_train.json")))
+    parser.read_config(bundle_config_files(BUNDLE_DIR, configs))
     parser["bundle_root"] = str(BUNDLE_DIR)
     parser["datasets"] = [{"name": "totalseg_example"}]
     transform = parser.get_parsed_content("train#preprocessing")
@@ -79,20 +82,26 @@ def test_recipe_trains_on_thin_patches_and_infers_on_cubes():
     crops = transform(dict(load_datalist("totalseg_example")[0]))
     assert len(crops) == read_config_value(BUNDLE_DIR, "real_ct_train.json", "crops_per_image")
     for crop in crops:
-        assert tuple(crop["image"].shape) == (1, 64, 64, 32)
-        assert crop["label"].shape[1:] == (64, 64, 32)
+        assert tuple(crop["image"].shape) == (1, *patch)
+        assert crop["label"].shape[1:] == patch
     assert read_config_value(BUNDLE_DIR, SHIPPED_CONFIGS, "roi_size") == [64, 64, 64]
-    gpu = ("train.json", "real_ct.json", "real_ct_train.json", "real_ct_gpu.json")
+    gpu = (*configs, "real_ct_gpu.json")
     assert read_config_value(BUNDLE_DIR, gpu, "train_patch_size") == read_config_value(BUNDLE_DIR, gpu, "roi_size") == [96, 96, 96]
+    if stage == 2:  # fewer epochs at a lower rate, from stage 1's weights
+        assert read_config_value(BUNDLE_DIR, configs, "epochs") < read_config_value(BUNDLE_DIR, configs[:-1], "epochs")
+        assert read_config_value(BUNDLE_DIR, configs, "learning_rate") < read_config_value(BUNDLE_DIR, configs[:-1], "learning_rate")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overlay,checkpoint,head", [(None, "model.pt", "mlp"), ("head_linear.json", "model_linear.pt", "linear")])
+@pytest.mark.parametrize(
+    "overlay,checkpoint,head", [(FINETUNE_CONFIG, "model.pt", "mlp"), ("head_linear.json", "model_linear.pt", "linear")]
+)
 def test_real_ct_recipe_trains_through_monais_cli(tmp_path, overlay, checkpoint, head):
     """train.json + real_ct.json + real_ct_train.json (all augmentations, held-out slabs) trains 1 epoch and writes the model with the
-    63 class embeddings; a state file for resuming is removed once training completes. With head_linear.json the network has the
-    linear head and the model its own file."""
-    configs = ("train.json", "real_ct.json", "real_ct_train.json") + ((overlay,) if overlay else ())
+    63 class embeddings; a state file for resuming is removed once training completes. Stage 2 (real_ct_finetune.json, 64^3 patches)
+    starts from the weights ``--ckpt_path`` names, here the shipped ones. Stage 1 with head_linear.json: the network has the linear head
+    and the model its own file."""
+    configs = (*TRAIN_CONFIGS, overlay)
     assert {**read_config_value(BUNDLE_DIR, configs, "network_def"), **network_overrides(BUNDLE_DIR, configs)}["head"] == head
     datasets = "[{'name': 'totalseg_example'}" + (", {'name': 'ccth_a01'}]" if TCIA_DIR.is_dir() else "]")
     result = subprocess.run(
@@ -100,6 +109,7 @@ def test_real_ct_recipe_trains_through_monais_cli(tmp_path, overlay, checkpoint,
             configs,
             *("--datasets", datasets, "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval")),
             *("--epochs", "1", "--val_interval", "1", "--repeats", "1", "--crops_per_image", "1", "--num_workers", "0"),
+            *(("--ckpt_path", str(SHIPPED)) if overlay == FINETUNE_CONFIG else ()),
         ),
         capture_output=True,
         encoding="utf-8",
@@ -113,6 +123,9 @@ def test_real_ct_recipe_trains_through_monais_cli(tmp_path, overlay, checkpoint,
     state = torch.load(tmp_path / checkpoint, map_location="cpu", weights_only=True)
     assert state["class_embeddings"].shape == (63, 386)
     assert not (tmp_path / checkpoint.replace(".pt", "_training_state.pt")).exists()
+    if overlay == FINETUNE_CONFIG:  # one epoch from the shipped weights stays close to them; a run from scratch is far away
+        change = relative_weight_change(SHIPPED, tmp_path / checkpoint)
+        assert 0 < change < 0.05, f"relative change {change:.3f}: the recipe did not start from --ckpt_path"
 
 
 def test_shipped_checkpoint_is_listed_with_its_hash():

@@ -27,13 +27,25 @@ from textseg.bundle import DEFAULT_BUNDLE, read_config_value, run_bundle
 from textseg.datasets import load_datalists, split_slabs
 from textseg.files import write_atomic
 
-__all__ = ["KEY_STRUCTURES", "PATIENTS", "train_real_model", "evaluate_real_model", "run_cross_patient", "table_markdown"]
+__all__ = [
+    "FINETUNE_CONFIG",
+    "KEY_STRUCTURES",
+    "PATIENTS",
+    "TRAIN_CONFIGS",
+    "train_real_model",
+    "evaluate_real_model",
+    "run_cross_patient",
+    "table_markdown",
+]
 
 PATIENTS = ("totalseg_example", "ccth_a01")
 """The real patients (datasets.yaml entries)."""
 KEY_STRUCTURES = ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "aorta")
 """Structures shown in the table (all structures are in the JSON)."""
 TRAIN_CONFIGS = ("train.json", "real_ct.json", "real_ct_train.json")
+"""The recipe's configs (64x64x32 training patches)."""
+FINETUNE_CONFIG = "real_ct_finetune.json"
+"""The optional second stage, on top of :data:`TRAIN_CONFIGS`: a few epochs on patches of the inference window."""
 
 
 def train_real_model(
@@ -42,24 +54,28 @@ def train_real_model(
     epochs: int | None = None,
     bundle_dir: str | os.PathLike = DEFAULT_BUNDLE,
     overlays: Sequence[str] = (),
+    finetune: bool = False,
+    finetune_epochs: int | None = None,
     **override,
 ) -> Path:
     """Train the real-CT recipe (plus ``overlays``, e.g. ``("head_linear.json",)``) on ``patients`` (datasets.yaml
-    names, default roots) for ``epochs`` (default: the recipe's); returns the checkpoint path."""
+    names, default roots) for ``epochs`` (default: the recipe's), as ``make train-real`` does. With ``finetune`` (as with
+    ``FINETUNE_CONFIG=real_ct_finetune.json``) that model is ``ckpt_dir/stage1.pt``, and stage 2 (:data:`FINETUNE_CONFIG`)
+    trains on from it for ``finetune_epochs`` (default: its own); stage 1 is skipped when ``stage1.pt`` is there (a run
+    killed in stage 2) and deleted once stage 2 completes. ``override`` goes to both stages. Returns the checkpoint path."""
     ckpt_dir = Path(ckpt_dir)
-    if epochs is not None:
-        override.update(epochs=epochs, val_interval=max(1, epochs // 4))
     configs = (*TRAIN_CONFIGS, *overlays)
-    run_bundle(
-        bundle_dir,
-        configs,
-        workflow_type="train",
-        datasets=[{"name": p} for p in patients],
-        ckpt_dir=str(ckpt_dir),
-        output_dir=str(ckpt_dir / "eval"),
-        **override,
-    )
-    return ckpt_dir / read_config_value(bundle_dir, configs, "ckpt_name")
+    ckpt_name = read_config_value(bundle_dir, configs, "ckpt_name")
+    common = {"datasets": [{"name": p} for p in patients], "ckpt_dir": str(ckpt_dir), "output_dir": str(ckpt_dir / "eval"), **override}
+    stage1 = ckpt_dir / ("stage1.pt" if finetune else ckpt_name)
+    if not (finetune and stage1.is_file()):
+        budget = {} if epochs is None else {"epochs": epochs, "val_interval": max(1, epochs // 4)}
+        run_bundle(bundle_dir, configs, workflow_type="train", ckpt_name=stage1.name, **common, **budget)
+    if finetune:
+        budget = {} if finetune_epochs is None else {"epochs": finetune_epochs, "val_interval": finetune_epochs}
+        run_bundle(bundle_dir, (*configs, FINETUNE_CONFIG), workflow_type="train", ckpt_path=str(stage1), **common, **budget)
+        stage1.unlink()
+    return ckpt_dir / ckpt_name
 
 
 def evaluate_real_model(
