@@ -66,9 +66,9 @@ def test_partial_labels_of_the_second_patient_are_ignored_not_background():
 
 @pytest.mark.parametrize("stage,configs,patch", [(1, TRAIN_CONFIGS, (64, 64, 32)), (2, (*TRAIN_CONFIGS, FINETUNE_CONFIG), (64, 64, 64))])
 def test_recipe_trains_on_thin_patches_then_on_cubes(stage, configs, patch):
-    """The recipe's random transforms turn the example CT into 64x64x32 training patches in stage 1 (25.6 x 25.6 x 12.8 cm at 4 mm: a
-    training step costs about half a 64^3 one) and into 64^3 patches, the inference window, in stage 2 (real_ct_finetune.json); at
-    real size (real_ct_gpu.json) all are 96^3."""
+    """The recipe's random transforms turn the example CT into 64x64x32 training patches (25.6 x 25.6 x 12.8 cm at 4 mm: a training
+    step costs about half a 64^3 one) and into 64^3 patches, the inference window, in the optional stage 2 (real_ct_finetune.json);
+    at real size (real_ct_gpu.json) all are 96^3."""
     from monai.bundle import ConfigParser
 
     from textseg.bundle import bundle_config_files
