@@ -92,6 +92,17 @@ def test_recipe_trains_on_thin_patches_then_on_cubes(stage, configs, patch):
         assert read_config_value(BUNDLE_DIR, configs, "learning_rate") < read_config_value(BUNDLE_DIR, configs[:-1], "learning_rate")
 
 
+def test_recipe_keeps_every_training_handler_of_train_json():
+    """real_ct_train.json replaces train.json's train#handlers to save the final model (save_final) instead of the best
+    validation one; every other handler must stay. A handler added to train.json and not here is silently lost (the recipe
+    once lacked InitialWeights, so ``--ckpt_path`` was ignored)."""
+    base = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))["train"]["handlers"]
+    recipe = json.loads((CONFIGS / "real_ct_train.json").read_text(encoding="utf-8"))["train#handlers"]
+    final_saver = [h for h in recipe if h["_target_"] == "CheckpointSaver"]
+    assert len(final_saver) == 1 and final_saver[0]["save_final"]
+    assert [h for h in recipe if h["_target_"] != "CheckpointSaver"] == base
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "overlay,checkpoint,head", [(FINETUNE_CONFIG, "model.pt", "mlp"), ("head_linear.json", "model_linear.pt", "linear")]
