@@ -336,6 +336,45 @@ def _relabelled_phantom(source: Path, target: Path, ids: dict[int, int]) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("save_final", [False, True])
+def test_training_saves_the_best_validated_or_the_final_model(tiny_phantom, tmp_path, save_final):
+    """train.json keeps the best validated model, written by the validator after each validation; with ``save_final`` (the
+    real-CT recipe) nothing is written during training and the network as it ends is saved."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "tiny.json")],
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="train",
+        bundle_root=str(BUNDLE_DIR),
+        dataset_dir=str(tiny_phantom),
+        ckpt_dir=str(tmp_path),
+        output_dir=str(tmp_path / "eval"),
+        epochs=2,
+        val_interval=1,
+        num_val=1,
+        crops_per_image=1,
+        num_workers=0,
+        save_final=save_final,
+    )
+    workflow.initialize()
+    checkpoint = tmp_path / workflow.parser.get_parsed_content("ckpt_name")
+    saved_after_first_epoch = []
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda _: saved_after_first_epoch.append(checkpoint.exists()))
+    workflow.run()
+    workflow.finalize()
+    assert saved_after_first_epoch == [not save_final]
+    assert checkpoint.exists()
+    if save_final:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        final = workflow.parser.get_parsed_content("network").state_dict()
+        assert saved.keys() == final.keys()
+        assert all(torch.equal(saved[k], final[k].cpu()) for k in final)
+
+
+@pytest.mark.slow
 def test_training_mixes_datasets_with_different_label_sets(tiny_phantom, tmp_path):
     """Two datasets.yaml entries with different label ids and annotated subsets train one model (partial labels)."""
     from monai.bundle import ConfigParser
