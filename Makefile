@@ -30,15 +30,15 @@ demo: setup
 demo-phantom: setup
 	HF_HUB_OFFLINE=1 $(BIN)/textseg demo --phantom $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(IMAGE),--image "$(IMAGE)")
 
-# The real-CT recipe (configs/real_ct.json: the model, real_ct_train.json: data and augmentations): trains the shipped model models/model.pt
-# on both real patients (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded; 66 epochs on 64x64x32 patches, 59 min alone on a
-# 2-core CPU (2026-12-03). A killed run resumes from its last epoch when started again. TRAIN_ARGS e.g. "--epochs 10 --output_dir /tmp/eval",
-# TRAIN_DIR where the model goes. FINETUNE_CONFIG=real_ct_finetune.json adds a second stage (model card, "Stage 2"): the recipe's model is
-# written to TRAIN_DIR/stage1.pt, then trained 4 more epochs on 64^3 patches (the inference window) into model.pt, about 6 min more;
-# stage 1 is skipped once stage1.pt exists (a run killed in stage 2), which is deleted when stage 2 completes; FINETUNE_ARGS go to stage 2.
-# On a GPU, real size: make train-real TRAIN_CONFIGS="train.json real_ct.json real_ct_train.json real_ct_gpu.json" (writes models/model_large.pt).
+# The real-CT recipe (configs/real_ct.json: the model, real_ct_train.json: data and augmentations) trains the shipped model models/model.pt
+# on both real patients (examples/ct and ../shared/data/ct_tcia), held-out slabs excluded, in two stages: 66 epochs on 64x64x32 patches
+# written to TRAIN_DIR/stage1.pt, then 4 epochs on 64^3 patches, the inference window (real_ct_finetune.json), into TRAIN_DIR/model.pt;
+# 45 min alone on a 2-core CPU (2026-12-04). A killed run resumes from its last epoch when started again: stage 1 is skipped once stage1.pt
+# exists (a run killed in stage 2), which is deleted when stage 2 completes. TRAIN_ARGS go to stage 1 (e.g. "--epochs 10 --output_dir /tmp/eval"),
+# FINETUNE_ARGS to stage 2, TRAIN_DIR is where the model goes; FINETUNE_CONFIG= (empty) trains stage 1 alone, into model.pt.
+# On a GPU, real size, one stage: make train-real TRAIN_CONFIGS="train.json real_ct.json real_ct_train.json real_ct_gpu.json" FINETUNE_CONFIG= (writes models/model_large.pt).
 TRAIN_CONFIGS ?= train.json real_ct.json real_ct_train.json
-FINETUNE_CONFIG ?=
+FINETUNE_CONFIG ?= real_ct_finetune.json
 TRAIN_DIR ?= $(BUNDLE)/models
 TRAIN_ARGS ?=
 FINETUNE_ARGS ?=

@@ -67,7 +67,7 @@ def test_partial_labels_of_the_second_patient_are_ignored_not_background():
 @pytest.mark.parametrize("stage,configs,patch", [(1, TRAIN_CONFIGS, (64, 64, 32)), (2, (*TRAIN_CONFIGS, FINETUNE_CONFIG), (64, 64, 64))])
 def test_recipe_trains_on_thin_patches_then_on_cubes(stage, configs, patch):
     """The recipe's random transforms turn the example CT into 64x64x32 training patches (25.6 x 25.6 x 12.8 cm at 4 mm: a training
-    step costs about half a 64^3 one) and into 64^3 patches, the inference window, in the optional stage 2 (real_ct_finetune.json);
+    step costs about half a 64^3 one) and into 64^3 patches, the inference window, in stage 2 (real_ct_finetune.json);
     at real size (real_ct_gpu.json) all are 96^3."""
     from monai.bundle import ConfigParser
 
@@ -90,6 +90,28 @@ def test_recipe_trains_on_thin_patches_then_on_cubes(stage, configs, patch):
     if stage == 2:  # fewer epochs at a lower rate, from stage 1's weights
         assert read_config_value(BUNDLE_DIR, configs, "epochs") < read_config_value(BUNDLE_DIR, configs[:-1], "epochs")
         assert read_config_value(BUNDLE_DIR, configs, "learning_rate") < read_config_value(BUNDLE_DIR, configs[:-1], "learning_rate")
+
+
+@pytest.mark.parametrize("finetune", [True, False])
+def test_make_train_real_runs_both_stages_unless_told_not_to(tmp_path, finetune):
+    """``make train-real`` (``make -n``: the commands, not run) trains stage 1 into ``stage1.pt``, stage 2 from it into
+    ``model.pt``, then deletes ``stage1.pt``; ``FINETUNE_CONFIG=`` trains stage 1 alone into ``model.pt``."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    args = [f"TRAIN_DIR={tmp_path}", "TRAIN_ARGS=--epochs 3", "FINETUNE_ARGS=--epochs 2"] + ([] if finetune else ["FINETUNE_CONFIG="])
+    dry = subprocess.run(["make", "-n", "train-real", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    runs = [line for line in dry.splitlines() if "monai.bundle run" in line]
+    recipe = [f"{BUNDLE_DIR.relative_to(REPO_ROOT) / 'configs' / c}" for c in TRAIN_CONFIGS]
+    assert all(all(c in run for c in recipe) for run in runs)
+    if finetune:
+        assert len(runs) == 2
+        assert runs[0].endswith("--ckpt_name stage1.pt --epochs 3") and FINETUNE_CONFIG not in runs[0]
+        assert FINETUNE_CONFIG in runs[1] and runs[1].endswith(f"--ckpt_path {tmp_path}/stage1.pt --epochs 2")
+        assert dry.index(runs[1]) < dry.index(f"rm -f {tmp_path}/stage1.pt")
+    else:
+        assert len(runs) == 1 and FINETUNE_CONFIG not in runs[0] and "stage1" not in runs[0] and runs[0].endswith("--epochs 3")
 
 
 def test_recipe_saves_its_final_model_with_train_jsons_handlers():

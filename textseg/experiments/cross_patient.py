@@ -45,7 +45,7 @@ KEY_STRUCTURES = ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "
 TRAIN_CONFIGS = ("train.json", "real_ct.json", "real_ct_train.json")
 """The recipe's configs (64x64x32 training patches)."""
 FINETUNE_CONFIG = "real_ct_finetune.json"
-"""The optional second stage, on top of :data:`TRAIN_CONFIGS`: a few epochs on patches of the inference window."""
+"""The recipe's second stage, on top of :data:`TRAIN_CONFIGS`: a few epochs on patches of the inference window."""
 
 
 def train_real_model(
@@ -59,8 +59,8 @@ def train_real_model(
     **override,
 ) -> Path:
     """Train the real-CT recipe (plus ``overlays``, e.g. ``("head_linear.json",)``) on ``patients`` (datasets.yaml
-    names, default roots) for ``epochs`` (default: the recipe's), as ``make train-real`` does. With ``finetune`` (as with
-    ``FINETUNE_CONFIG=real_ct_finetune.json``) that model is ``ckpt_dir/stage1.pt``, and stage 2 (:data:`FINETUNE_CONFIG`)
+    names, default roots) for ``epochs`` (default: the recipe's), as ``make train-real``'s first stage does. With ``finetune``
+    (both stages, as ``make train-real`` runs them) that model is ``ckpt_dir/stage1.pt``, and stage 2 (:data:`FINETUNE_CONFIG`)
     trains on from it for ``finetune_epochs`` (default: its own); stage 1 is skipped when ``stage1.pt`` is there (a run
     killed in stage 2) and deleted once stage 2 completes. ``override`` goes to both stages. Returns the checkpoint path."""
     ckpt_dir = Path(ckpt_dir)
