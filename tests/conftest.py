@@ -66,6 +66,16 @@ def bundle_run_command(configs: tuple[str, ...] | list[str], *overrides: str, lo
     return [*command, "--bundle_root", str(BUNDLE_DIR), *overrides]
 
 
+def make_dry_run(target: str, *variables: str) -> str:
+    """What ``make -n <target> <variables>`` would run in the repository root (the commands, none run); skips the test
+    when make is not installed."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    return subprocess.run(["make", "-n", target, *variables], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+
+
 def relative_weight_change(before: Path, after: Path) -> float:
     """How far the network weights of checkpoint ``after`` are from ``before``: the summed norm of the differences over the
     summed norm of ``before``, over the large float tensors other than ``class_embeddings`` (the prompts, not weights). One

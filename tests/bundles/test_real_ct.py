@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import BUNDLE_DIR, REPO_ROOT, bundle_run_command, relative_weight_change
+from conftest import BUNDLE_DIR, REPO_ROOT, bundle_run_command, make_dry_run, relative_weight_change
 
 from textseg.bundle import SHIPPED_CONFIGS, network_overrides, read_config_value
 from textseg.datasets import label_maps, load_datalist
@@ -96,12 +96,8 @@ def test_recipe_trains_on_thin_patches_then_on_cubes(stage, configs, patch):
 def test_make_train_real_runs_both_stages_unless_told_not_to(tmp_path, finetune):
     """``make train-real`` (``make -n``: the commands, not run) trains stage 1 into ``stage1.pt``, stage 2 from it into
     ``model.pt``, then deletes ``stage1.pt``; ``FINETUNE_CONFIG=`` trains stage 1 alone into ``model.pt``."""
-    import shutil
-
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
     args = [f"TRAIN_DIR={tmp_path}", "TRAIN_ARGS=--epochs 3", "FINETUNE_ARGS=--epochs 2"] + ([] if finetune else ["FINETUNE_CONFIG="])
-    dry = subprocess.run(["make", "-n", "train-real", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    dry = make_dry_run("train-real", *args)
     runs = [line for line in dry.splitlines() if "monai.bundle run" in line]
     recipe = [f"{BUNDLE_DIR.relative_to(REPO_ROOT) / 'configs' / c}" for c in TRAIN_CONFIGS]
     assert all(all(c in run for c in recipe) for run in runs)

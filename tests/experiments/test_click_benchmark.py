@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_dry_run  # tests/ is on sys.path (rootdir conftest)
 
 from textseg.experiments.click_benchmark import click_curves, is_monotonic, markdown_table, summarize_clicks
 from textseg.networks import TextSwinUNETR
@@ -141,18 +142,7 @@ def test_click_benchmark_script_refuses_to_run_without_a_model(tmp_path, capsys)
 
 def test_make_robustness_runs_the_rotation_table_and_the_click_curves():
     """The robustness benchmarks' one command: ``make robustness`` = bench_rotation.py then bench_clicks.py, args passed."""
-    import shutil
-    import subprocess
-
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    dry = subprocess.run(
-        ["make", "-n", "robustness", "ROTATION_ARGS=--no-real-ct", "CLICKS_ARGS=--clicks 3"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    dry = make_dry_run("robustness", "ROTATION_ARGS=--no-real-ct", "CLICKS_ARGS=--clicks 3")
     rotation = next(line for line in dry.splitlines() if "scripts/bench_rotation.py" in line)
     clicks = next(line for line in dry.splitlines() if "scripts/bench_clicks.py" in line)
     assert rotation.endswith("--no-real-ct") and clicks.endswith("--clicks 3")
