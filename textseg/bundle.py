@@ -14,6 +14,8 @@ __all__ = [
     "DEFAULT_BUNDLE",
     "network_overrides",
     "SHIPPED_CONFIGS",
+    "bundle_parser",
+    "load_bundle_network",
     "bundle_config_files",
     "run_bundle",
     "read_config_value",
@@ -78,6 +80,37 @@ def run_bundle(
     finally:
         workflow.finalize()
     return workflow
+
+
+def bundle_parser(bundle_dir: str | os.PathLike, configs: Sequence[str]):
+    """A ``monai.bundle.ConfigParser`` of the bundle's ``configs`` merged in order, its ``bundle_root`` set."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(bundle_dir, configs))
+    parser["bundle_root"] = str(Path(bundle_dir).resolve())
+    return parser
+
+
+def load_bundle_network(checkpoint: str | os.PathLike, bundle_dir: str | os.PathLike, configs: Sequence[str], device: Any = "cpu"):
+    """The network the bundle's ``configs`` build (``network_def``) with the checkpoint's weights, in eval mode, and the parser.
+
+    Raises:
+        FileNotFoundError: no checkpoint.
+        ValueError: the checkpoint does not fit that network.
+    """
+    import torch
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}.")
+    parser = bundle_parser(bundle_dir, configs)
+    network = parser.get_parsed_content("network_def")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{checkpoint} does not fit the network of {list(configs)} (train it with those configs): {e}") from e
+    return network.to(device).eval(), parser
 
 
 def _merged_top_level(bundle_dir: str | os.PathLike, config: str | Sequence[str]) -> dict:

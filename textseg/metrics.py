@@ -30,11 +30,18 @@ from textseg.files import write_atomic
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
 __all__ = [
+    "binary_dice",
     "HausdorffDistance95Metric",
     "NormalizedSurfaceDiceMetric",
     "VolumeSimilarityMetric",
     "PerStructureReport",
 ]
+
+
+def binary_dice(prediction, reference) -> float:
+    """Dice of two boolean arrays of one shape (numpy); NaN when both are empty."""
+    total = prediction.sum() + reference.sum()
+    return float(2.0 * (prediction & reference).sum() / total) if total else float("nan")
 
 
 class HausdorffDistance95Metric(HausdorffDistanceMetric):

@@ -15,6 +15,7 @@ import numpy as np
 
 from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, read_config_value, run_bundle
 from textseg.files import write_atomic
+from textseg.metrics import binary_dice
 from textseg.prompts import resolution_structures, resolve
 from textseg.visualize import overlay_png
 from textseg.vocabulary import load_vocabulary
@@ -196,8 +197,5 @@ def dice_per_structure(
     for name in targets:
         if name not in ids_by_name:
             raise KeyError(f"the reference has no label for {name!r}; it has {sorted(ids_by_name)}")
-        p = pred == vocabulary[name].id
-        r = ref == ids_by_name[name]
-        denominator = p.sum() + r.sum()
-        scores[name] = float(2.0 * (p & r).sum() / denominator) if denominator else float("nan")
+        scores[name] = binary_dice(pred == vocabulary[name].id, ref == ids_by_name[name])
     return scores

@@ -335,6 +335,26 @@ def _relabelled_phantom(source: Path, target: Path, ids: dict[int, int]) -> None
         nib.save(nib.Nifti1Image(new, label.affine), str(target / "labelsTr" / image.name))
 
 
+def test_seed_key_seeds_training():
+    """``--seed N`` reaches set_determinism in train.json, and multi_gpu_train.json seeds with the same key."""
+    from monai.bundle import ConfigParser
+    from monai.utils import set_determinism
+
+    draws = {}
+    for seed in (1, 2):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "train.json"))
+        parser["seed"] = seed
+        parser.get_parsed_content("initialize")
+        draws[seed] = torch.rand(3)
+        set_determinism(seed=seed)
+        assert torch.equal(draws[seed], torch.rand(3))
+    set_determinism(seed=None)
+    assert not torch.equal(draws[1], draws[2])
+    multi_gpu = json.loads((CONFIGS / "multi_gpu_train.json").read_text())["initialize"]
+    assert json.loads((CONFIGS / "train.json").read_text())["initialize"][0] in multi_gpu
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("save_final", [False, True])
 def test_training_saves_the_best_validated_or_the_final_model(tiny_phantom, tmp_path, save_final):

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textseg.bundle import bundle_parser, load_bundle_network
 from textseg.files import atomic_path
+from textseg.metrics import binary_dice
 from textseg.spatial import GuidedSlidingWindowInferer, constrain_to_clicks, encode_spatial_prompts, next_corrective_click, zoom_out_zoom_in
 
 __all__ = [
@@ -51,17 +53,6 @@ MODES = ("sliding_window", "zoom")
 """Inference modes: the bundle's sliding window, or zoom-out-zoom-in."""
 
 
-def _parser(bundle_dir: str | os.PathLike, configs: Sequence[str]):
-    from monai.bundle import ConfigParser
-
-    from textseg.bundle import bundle_config_files
-
-    parser = ConfigParser()
-    parser.read_config(bundle_config_files(bundle_dir, configs))
-    parser["bundle_root"] = str(Path(bundle_dir).resolve())
-    return parser
-
-
 def load_interactive_network(
     checkpoint: str | os.PathLike,
     bundle_dir: str | os.PathLike,
@@ -76,16 +67,10 @@ def load_interactive_network(
     """
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: train the interactive model first (scripts/bench_clicks.py does).")
-    parser = _parser(bundle_dir, configs)
-    network = parser.get_parsed_content("network_def")
-    if getattr(network, "guidance", None) is None:
+    parser = bundle_parser(bundle_dir, configs)
+    if not parser.get("network_def#spatial_prompts", False):
         raise ValueError(f"configs {list(configs)} build a network without spatial prompts: add interactive.json.")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{checkpoint} does not fit the network of {list(configs)} (train it with those configs): {e}") from e
-    return network.to(device).eval(), parser
+    return load_bundle_network(checkpoint, bundle_dir, configs, device)
 
 
 def make_click_cases(
@@ -106,11 +91,6 @@ def make_click_cases(
             make_phantom(seed, shape=shape, spacing=spacing).save(image, label)
         cases.append({"image": str(image), "label": str(label)})
     return cases
-
-
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    total = pred.sum() + ref.sum()
-    return float(2.0 * (pred & ref).sum() / total) if total else float("nan")
 
 
 def click_curves(
@@ -201,7 +181,7 @@ def click_curves(
             curves[name].append(
                 {
                     "clicks": step,
-                    "dice": _dice(prediction[k], np.asarray(targets[name]) > 0),
+                    "dice": binary_dice(prediction[k], np.asarray(targets[name]) > 0),
                     "positive": len(clicks[name]["positive"]),
                     "negative": len(clicks[name]["negative"]),
                 }

@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from textseg.canonical import rotation_matrix
 from textseg.files import atomic_path
+from textseg.metrics import binary_dice
 
 __all__ = [
     "BENCHMARK_ROTATIONS",
@@ -175,11 +176,6 @@ def segment_cases(
     return outputs
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    total = pred.sum() + ref.sum()
-    return float(2.0 * (pred & ref).sum() / total) if total else float("nan")
-
-
 def run_rotation_benchmark(
     checkpoint: str | os.PathLike,
     work_dir: str | os.PathLike,
@@ -254,7 +250,7 @@ def run_rotation_benchmark(
                         "rotation": case["rotation"],
                         "mode": mode,
                         "structure": name,
-                        "dice": _dice(pred == vocabulary[name].id, ref),
+                        "dice": binary_dice(pred == vocabulary[name].id, ref),
                     }
                 )
     return {
