@@ -15,7 +15,6 @@ import numpy as np
 
 from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, read_config_value, run_bundle
 from textseg.files import write_atomic
-from textseg.metrics import binary_dice
 from textseg.prompts import resolution_structures, resolve
 from textseg.visualize import overlay_png
 from textseg.vocabulary import load_vocabulary
@@ -186,6 +185,8 @@ def dice_per_structure(
 ) -> dict[str, float]:
     """Dice of each target between a predicted label map (vocabulary ids) and a reference label map
     (dataset ids, named by ``reference_map``), on the reference grid; both must share it."""
+    from textseg.metrics import binary_dice  # imports torch: `textseg resolve` imports this module without it
+
     vocabulary = load_vocabulary()
     pred_img, ref_img = nib.load(str(prediction)), nib.load(str(reference))
     if pred_img.shape[:3] != ref_img.shape[:3] or not np.allclose(pred_img.affine, ref_img.affine, atol=1e-3):
