@@ -41,20 +41,14 @@ def _peak_gib() -> float:
 
 def _child(image: str, prompt: str, mode: str) -> dict:
     import torch
-    from monai.bundle import ConfigParser
     from monai.transforms import Compose, Invertd
 
-    from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, bundle_config_files
+    from textseg.bundle import DEFAULT_BUNDLE, SHIPPED_CONFIGS, load_bundle_network
     from textseg.transforms import InvertLabelMapd, ProbabilitiesToLabelMapd
 
     torch.set_grad_enabled(False)
-    parser = ConfigParser()
-    parser.read_config(bundle_config_files(DEFAULT_BUNDLE, SHIPPED_CONFIGS))
-    parser["bundle_root"] = str(DEFAULT_BUNDLE)
-    network = parser.get_parsed_content("network")
-    state = torch.load(Path(DEFAULT_BUNDLE) / "models" / "model.pt", map_location="cpu", weights_only=True)
-    network.load_state_dict(state)
-    network.eval()
+    network, parser = load_bundle_network(Path(DEFAULT_BUNDLE) / "models" / "model.pt", DEFAULT_BUNDLE, SHIPPED_CONFIGS)
+    network.to(parser.get_parsed_content("device"))  # where the bundle's inferer runs it
     preprocessing, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
     times = {}
     start = time.perf_counter()

@@ -60,13 +60,11 @@ def checkpoint_matches(checkpoint: str | os.PathLike, bundle_dir: str | os.PathL
     """Whether a checkpoint fits today's bundle (``inference.json`` + ``overlays``): the same network (parameter names
     and shapes) and today's prompt embeddings for the bundle's classes. Otherwise it must be retrained."""
     import torch
-    from monai.bundle import ConfigParser
 
-    from textseg.bundle import bundle_config_files
+    from textseg.bundle import bundle_parser
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    parser = ConfigParser()
-    parser.read_config(bundle_config_files(bundle_dir, ["inference.json", *overlays]))
+    parser = bundle_parser(bundle_dir, ["inference.json", *overlays])
     network = parser.get_parsed_content("network_def")
     if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in network.state_dict().items()}:
         return False

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from textseg.bundle import DEFAULT_BUNDLE, bundle_config_files, run_bundle
+from textseg.bundle import DEFAULT_BUNDLE, bundle_parser, run_bundle
 from textseg.files import write_atomic
 from textseg.networks import FUSIONS
 
@@ -31,10 +31,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _parameter_count(bundle_dir: Path, configs: Sequence[str], overrides: dict) -> int:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(bundle_config_files(bundle_dir, configs))
+    parser = bundle_parser(bundle_dir, configs)
     parser.update(overrides)
     return sum(p.numel() for p in parser.get_parsed_content("network_def").parameters())
 

@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from lib.settings import AppSettings
 from textseg.active_learning import get_strategy, image_candidates, predict_probs
-from textseg.bundle import bundle_config_files
+from textseg.bundle import bundle_parser
 from textseg.checkpoints import require_matching_embeddings
 from textseg.files import write_atomic
 
@@ -93,9 +92,7 @@ class ImageScorer:
 
     def __init__(self, settings: AppSettings):
         self.settings = settings
-        parser = ConfigParser()
-        parser.read_config(bundle_config_files(settings.bundle_dir, settings.configs))
-        parser["bundle_root"] = str(settings.bundle_dir)
+        parser = bundle_parser(settings.bundle_dir, settings.configs)
         if settings.mc_dropout_samples:
             parser["network_def"]["drop_rate"] = settings.mc_dropout_rate
         self.class_names: list[str] = list(parser["class_names"])
