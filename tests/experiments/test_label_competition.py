@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import BUNDLE_DIR
 
-from textseg.experiments.label_competition import METHODS, competing_masks, run_label_competition
+from textseg.experiments.label_competition import METHODS, competing_masks, run_label_competition, run_threshold_sweep, threshold_dice
+from textseg.transforms import IGNORE_CHANNEL
 
 
 def test_competition_only_removes_voxels():
@@ -52,3 +53,30 @@ def test_the_shipped_model_on_the_example_ct(tmp_path):
     assert saved["mean"] == result["mean"]
     table = (tmp_path / "label_competition.md").read_text(encoding="utf-8")
     assert all(f"| {m} |" in table for m in METHODS)
+
+
+def test_threshold_dice_scores_labelled_structures_only():
+    # channel 0: two voxels inside; channel 1: annotated but absent; channel 2: not annotated
+    label = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [IGNORE_CHANNEL] * 4])
+    probabilities = np.array([[0.9, 0.6, 0.7, 0.2], [0.8, 0.0, 0.0, 0.0], [0.9, 0.9, 0.9, 0.9]])
+    dice = threshold_dice(probabilities, label, [0.5, 0.8])
+    assert set(dice) == {0.5, 0.8} and all(set(v) == {0} for v in dice.values())
+    assert dice[0.5][0] == pytest.approx(2 * 2 / (3 + 2))  # voxels 0, 1, 2 above 0.5; 0 and 1 inside
+    assert dice[0.8][0] == pytest.approx(2 * 1 / (1 + 2))
+    with pytest.raises(ValueError, match="thresholds must be probabilities"):
+        threshold_dice(probabilities, label, [0.5, 1.0])
+    with pytest.raises(ValueError, match="differ in shape"):
+        threshold_dice(probabilities[:2], label, [0.5])
+
+
+@pytest.mark.slow
+def test_threshold_sweep_of_the_shipped_model(tmp_path):
+    result = run_threshold_sweep(tmp_path, patients=["totalseg_example"], thresholds=[0.5, 0.95], bundle_dir=BUNDLE_DIR)
+    (case,) = result["cases"]
+    at_half, at_95 = case["dice"]["0.5"], case["dice"]["0.95"]
+    assert len(at_half) == 61 and set(at_half) == set(at_95)  # every structure the example CT labels
+    assert at_half["liver"] > 0.6
+    assert sum(at_95.values()) < sum(at_half.values()), "a threshold near 1 loses most structures"
+    table = (tmp_path / "threshold_sweep.md").read_text(encoding="utf-8")
+    assert "| example_ct.nii.gz | 0.95 |" in table and "(61) |" in table
+    assert json.loads((tmp_path / "threshold_sweep.json").read_text(encoding="utf-8"))["cases"] == result["cases"]
