@@ -104,6 +104,14 @@ def threshold_dice(probabilities: np.ndarray, label: np.ndarray, thresholds: Seq
     return {float(t): {k: binary_dice(probabilities[k] >= t, label[k] > 0) for k in scored} for t in thresholds}
 
 
+def _save(result: Mapping, table: str, stem: Path) -> None:
+    """Write ``stem.json`` and the markdown ``stem.md``, and print the table."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2))
+    write_atomic(stem.with_suffix(".md"), table)
+    print(table)
+
+
 def _all_class_answers(network, parser, patient: str, dataset_root: str | os.PathLike | None, checkpoint: Path):
     """Yields ``(case name, [K, *S] probabilities of every class, [K, *S] label channels)`` for each case of ``patient``,
     on the network grid (the configs' ``validate#preprocessing`` and ``validate#inferer``)."""
@@ -144,11 +152,7 @@ def run_threshold_sweep(
                 {"case": name, "patient": patient, "dice": {str(t): {class_names[k]: d for k, d in v.items()} for t, v in dice.items()}}
             )
     result = {"checkpoint": str(checkpoint), "thresholds": [float(t) for t in thresholds], "cases": rows}
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(output_dir / "threshold_sweep.json", json.dumps(result, indent=2))
-    write_atomic(output_dir / "threshold_sweep.md", sweep_markdown(result))
-    print(sweep_markdown(result))
+    _save(result, sweep_markdown(result), Path(output_dir) / "threshold_sweep")
     return result
 
 
@@ -202,11 +206,7 @@ def run_label_competition(
         m: {s: float(np.nanmean(v)) for s in structures if (v := [r["dice"][m][s] for r in rows if s in r["dice"][m]])} for m in METHODS
     }
     result = {"checkpoint": str(checkpoint), "patient": patient, "structures": list(structures), "cases": rows, "mean": mean}
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(output_dir / "label_competition.json", json.dumps(result, indent=2))
-    write_atomic(output_dir / "label_competition.md", table_markdown(result))
-    print(table_markdown(result))
+    _save(result, table_markdown(result), Path(output_dir) / "label_competition")
     return result
 
 
