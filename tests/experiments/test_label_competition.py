@@ -43,6 +43,7 @@ def test_the_shipped_model_on_the_example_ct(tmp_path):
     structures = ["liver", "spleen", "kidney_right", "urinary_bladder"]
     result = run_label_competition(tmp_path, structures=structures, bundle_dir=BUNDLE_DIR)
     (case,) = result["cases"]
+    assert case["case"] == "example_ct.nii.gz"
     assert set(case["dice"]) == set(METHODS)
     for name in structures:
         voxels = [case["voxels"][m][name] for m in METHODS]

@@ -192,7 +192,7 @@ def run_label_competition(
     asked = [class_names.index(s) for s in structures]
     threshold = float(parser.get_parsed_content("threshold"))
     rows = []
-    for name, probabilities, label in _all_class_answers(network, parser, patient, dataset_root, checkpoint):
+    for case_name, probabilities, label in _all_class_answers(network, parser, patient, dataset_root, checkpoint):
         masks = competing_masks(probabilities, asked, threshold)
         dice, voxels = {m: {} for m in METHODS}, {m: {} for m in METHODS}
         for j, (name, k) in enumerate(zip(structures, asked)):
@@ -201,7 +201,7 @@ def run_label_competition(
             for method in METHODS:
                 dice[method][name] = binary_dice(masks[method][j], label[k] > 0)
                 voxels[method][name] = int(masks[method][j].sum())
-        rows.append({"case": name, "dice": dice, "voxels": voxels})
+        rows.append({"case": case_name, "dice": dice, "voxels": voxels})
     mean = {
         m: {s: float(np.nanmean(v)) for s in structures if (v := [r["dice"][m][s] for r in rows if s in r["dice"][m]])} for m in METHODS
     }
