@@ -30,14 +30,13 @@ import torch
 
 from textseg.bundle import DEFAULT_BUNDLE, load_bundle_network
 from textseg.datasets import load_datalists
-from textseg.experiments.cross_patient import TRAIN_CONFIGS
+from textseg.experiments.cross_patient import KEY_STRUCTURES, TRAIN_CONFIGS
 from textseg.files import write_atomic
 from textseg.metrics import binary_dice
 from textseg.transforms import IGNORE_CHANNEL
 
 __all__ = [
     "DEMO_STRUCTURES",
-    "KEY_STRUCTURES",
     "METHODS",
     "THRESHOLDS",
     "competing_masks",
@@ -53,9 +52,6 @@ METHODS = ("independent", "asked", "all_classes")
 
 DEMO_STRUCTURES = ("liver", "spleen", "kidney_right", "kidney_left")
 """What ``make demo`` asks for."""
-
-KEY_STRUCTURES = ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "aorta")
-"""The organs of the project's Dice goal, the columns of the sweep's table."""
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 """Probability thresholds of :func:`run_threshold_sweep`."""
