@@ -120,19 +120,34 @@ class Browser:
         if not found:
             raise LookupError(f"nothing to click at {selector!r}" + (f" with text {text!r}" if text else ""))
 
-    def mouse_click(self, selector: str, text: str | None = None, clicks: int = 1) -> None:
+    def mouse_click(self, selector: str, text: str | None = None, clicks: int = 1, timeout: float = 10.0) -> None:
         """Click (``clicks=2``: double-click) the middle of the first visible element matching a CSS selector (and
         holding ``text``) with the mouse, as a user does: menus that open on pointer events (Radix) need this rather
-        than :meth:`click`."""
-        box = self.evaluate(
+        than :meth:`click`.
+
+        Like a user, it waits until the element has stopped moving (a menu that is still being placed or animated
+        would take the click elsewhere) and is the element under the pointer (not covered by another one)."""
+        where = (
             f"(() => {{ const e = [...document.querySelectorAll({json.dumps(selector)})]"
             f".find(e => e.offsetParent !== null && ({json.dumps(text)} === null || e.innerText.includes({json.dumps(text)})));"
             " if (!e) return null; e.scrollIntoView({block: 'nearest'}); const r = e.getBoundingClientRect();"
-            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+            " const x = r.x + r.width / 2, y = r.y + r.height / 2; const hit = document.elementFromPoint(x, y);"
+            " return [x, y, !!hit && (hit === e || e.contains(hit))]; })()"
         )
-        if not box:
-            raise LookupError(f"nothing visible to click at {selector!r}" + (f" with text {text!r}" if text else ""))
-        x, y = box
+        deadline = time.time() + timeout
+        previous = box = None
+        while True:
+            box = self.evaluate(where)
+            if box and box[2] and box[:2] == previous:
+                break
+            if time.time() > deadline:
+                target = f"{selector!r}" + (f" with text {text!r}" if text else "")
+                if not box:
+                    raise LookupError(f"nothing visible to click at {target}")
+                raise LookupError(f"{target} is covered by another element or still moving after {timeout:g} s")
+            previous = box[:2] if box else None
+            time.sleep(0.1)
+        x, y, _ = box
         self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
         for count in range(1, clicks + 1):
             self.send("Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=count)

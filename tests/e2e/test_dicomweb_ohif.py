@@ -245,7 +245,11 @@ def _export_dicom_seg(b, report_name: str) -> None:
     b.mouse_click("[role=menuitem]", "Export & Download")
     b.wait_for(f"{MENU_ITEM}('Export DICOM SEG')", 30, "the export menu")
     b.mouse_click("[role=menuitem]", "Export DICOM SEG")
-    b.wait_for("!!document.querySelector('[data-cy=\"Save-btn\"]')", 30, "the report name dialog")
+    try:
+        b.wait_for("!!document.querySelector('[data-cy=\"Save-btn\"]')", 30, "the report name dialog")
+    except TimeoutError as error:  # say what the page showed instead: CI keeps no screenshot
+        menu = b.evaluate("[...document.querySelectorAll('[role=menuitem]')].map(e => e.innerText)")
+        raise TimeoutError(f"{error}; menu items on the page: {menu}; page errors: {b.page_errors()}") from error
     b.type_into('input[data-cy^="input"]', report_name)
     b.mouse_click('[data-cy="Save-btn"]')
 
