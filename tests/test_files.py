@@ -1,8 +1,10 @@
 """Atomic writes: a failed write leaves the earlier file intact and no temporary file behind."""
 
+import json
+
 import pytest
 
-from textseg.files import atomic_path, write_atomic
+from textseg.files import atomic_path, write_atomic, write_result
 
 
 def test_write_atomic_replaces_and_keeps_utf8(tmp_path):
@@ -32,3 +34,13 @@ def test_temporary_file_keeps_the_target_suffixes(tmp_path):
         assert tmp.name.endswith(".png")
         tmp.write_bytes(b"y")
     assert (tmp_path / "seg.nii.gz").read_bytes() == b"y"
+
+
+def test_a_result_is_written_as_json_and_its_markdown_table(tmp_path):
+    stem = tmp_path / "runs" / "threshold_sweep"
+    result = {"thresholds": [0.5], "cases": [{"case": "ct.nii.gz", "dice": {"liver": 0.9}}]}
+    paths = write_result(stem, result, "| liver |\n| 0.9 |\n")
+    assert paths == (tmp_path / "runs" / "threshold_sweep.json", tmp_path / "runs" / "threshold_sweep.md")
+    assert json.loads(paths[0].read_text(encoding="utf-8")) == result
+    assert paths[1].read_text(encoding="utf-8") == "| liver |\n| 0.9 |\n"
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == ["threshold_sweep.json", "threshold_sweep.md"]

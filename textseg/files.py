@@ -5,13 +5,14 @@ A crash or a kill mid-write therefore never leaves a half-written file in place 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_atomic"]
+__all__ = ["atomic_path", "write_atomic", "write_result"]
 
 
 @contextmanager
@@ -51,3 +52,11 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_result(stem: str | os.PathLike, result, markdown: str) -> tuple[Path, Path]:
+    """Write an experiment's result as ``stem.json`` (``result``, indented JSON) and its table as ``stem.md``, each
+    atomically; returns both paths."""
+    stem = Path(stem)
+    json_path = write_atomic(stem.with_name(stem.name + ".json"), json.dumps(result, indent=2))
+    return json_path, write_atomic(stem.with_name(stem.name + ".md"), markdown)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from textseg.bundle import DEFAULT_BUNDLE, bundle_parser, run_bundle
-from textseg.files import write_atomic
+from textseg.files import write_result
 from textseg.networks import FUSIONS
 
 __all__ = ["METRICS", "ablation_markdown", "plot_ablation", "run_fusion_ablation"]
@@ -133,11 +133,10 @@ def run_fusion_ablation(
             "parameters": _parameter_count(bundle_dir, ["train.json", *overlays], {**(overrides or {}), "fusion": fusion}),
             "train_seconds": round(train_seconds, 1),
         }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(output_dir / "ablation.json", json.dumps(results, indent=2))
-    write_atomic(output_dir / "ablation.md", ablation_markdown(results))
+    table = ablation_markdown(results)
+    write_result(output_dir / "ablation", results, table)
     plot_ablation(results, output_dir / "ablation.png")
-    print(ablation_markdown(results))
+    print(table)
     print(f"wrote {output_dir / 'ablation.json'}, {output_dir / 'ablation.md'}, {output_dir / 'ablation.png'}")
     return results
 

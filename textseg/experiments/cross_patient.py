@@ -25,7 +25,7 @@ from pathlib import Path
 
 from textseg.bundle import DEFAULT_BUNDLE, read_config_value, run_bundle
 from textseg.datasets import load_datalists, split_slabs
-from textseg.files import write_atomic
+from textseg.files import write_result
 
 __all__ = [
     "FINETUNE_CONFIG",
@@ -159,9 +159,9 @@ def run_cross_patient(
             rows.append(
                 {"trained_on": trained_on, "evaluated_on": evaluated, "kind": kind, "checkpoint": str(checkpoint), "scores": scores}
             )
-    write_atomic(output_dir / "cross_patient.json", json.dumps(rows, indent=2))
-    write_atomic(output_dir / "cross_patient.md", table_markdown(rows))
-    print(table_markdown(rows))
+    table = table_markdown(rows)
+    write_result(output_dir / "cross_patient", rows, table)
+    print(table)
     return rows
 
 

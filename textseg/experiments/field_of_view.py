@@ -12,7 +12,6 @@ most bands overlap the training data.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from textseg.bundle import DEFAULT_BUNDLE
 from textseg.datasets import load_datalists
 from textseg.experiments.cross_patient import evaluate_real_model, table_markdown
-from textseg.files import write_atomic
+from textseg.files import write_result
 
 __all__ = ["DEFAULT_BANDS", "run_field_of_view"]
 
@@ -63,7 +62,7 @@ def run_field_of_view(
             {"trained_on": checkpoint.name, "evaluated_on": [patient], "kind": f"slices {low:.0%}-{high:.0%}", "scores": scores,
              "checkpoint": str(checkpoint), "band": [low, high]}
         )  # fmt: skip
-    write_atomic(output_dir / "field_of_view.json", json.dumps(rows, indent=2))
-    write_atomic(output_dir / "field_of_view.md", table_markdown(rows))
-    print(table_markdown(rows))
+    table = table_markdown(rows)
+    write_result(output_dir / "field_of_view", rows, table)
+    print(table)
     return rows

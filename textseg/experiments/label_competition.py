@@ -20,7 +20,6 @@ background? It scores every labelled structure's ``independent`` mask at several
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from textseg.bundle import DEFAULT_BUNDLE, load_bundle_network
 from textseg.datasets import load_datalists
 from textseg.experiments.cross_patient import KEY_STRUCTURES, TRAIN_CONFIGS
-from textseg.files import write_atomic
+from textseg.files import write_result
 from textseg.metrics import binary_dice
 from textseg.transforms import IGNORE_CHANNEL
 
@@ -100,14 +99,6 @@ def threshold_dice(probabilities: np.ndarray, label: np.ndarray, thresholds: Seq
     return {float(t): {k: binary_dice(probabilities[k] >= t, label[k] > 0) for k in scored} for t in thresholds}
 
 
-def _save(result: Mapping, table: str, stem: Path) -> None:
-    """Write ``stem.json`` and the markdown ``stem.md``, and print the table."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2))
-    write_atomic(stem.with_suffix(".md"), table)
-    print(table)
-
-
 def _all_class_answers(network, parser, patient: str, dataset_root: str | os.PathLike | None, checkpoint: Path):
     """Yields ``(case name, [K, *S] probabilities of every class, [K, *S] label channels)`` for each case of ``patient``,
     on the network grid (the configs' ``validate#preprocessing`` and ``validate#inferer``)."""
@@ -148,7 +139,9 @@ def run_threshold_sweep(
                 {"case": name, "patient": patient, "dice": {str(t): {class_names[k]: d for k, d in v.items()} for t, v in dice.items()}}
             )
     result = {"checkpoint": str(checkpoint), "thresholds": [float(t) for t in thresholds], "cases": rows}
-    _save(result, sweep_markdown(result), Path(output_dir) / "threshold_sweep")
+    table = sweep_markdown(result)
+    write_result(Path(output_dir) / "threshold_sweep", result, table)
+    print(table)
     return result
 
 
@@ -202,7 +195,9 @@ def run_label_competition(
         m: {s: float(np.nanmean(v)) for s in structures if (v := [r["dice"][m][s] for r in rows if s in r["dice"][m]])} for m in METHODS
     }
     result = {"checkpoint": str(checkpoint), "patient": patient, "structures": list(structures), "cases": rows, "mean": mean}
-    _save(result, table_markdown(result), Path(output_dir) / "label_competition")
+    table = table_markdown(result)
+    write_result(Path(output_dir) / "label_competition", result, table)
+    print(table)
     return result
 
 
